@@ -1,0 +1,53 @@
+"""sb3-vlm: train small Stable-Baselines3 policies with advice from vision-language models."""
+
+from typing import Any
+
+from sb3_vlm.a2c import GuidedA2C
+from sb3_vlm.advice import ADVICE_INFO_KEY, Advice, AdviceRequest
+from sb3_vlm.advisors import (
+    AdviceCache,
+    Advisor,
+    CachedAdvisor,
+    CallableAdvisor,
+    ConstantAdvisor,
+    NoisyAdvisor,
+    RandomAdvisor,
+)
+from sb3_vlm.buffers import AdvisedDictRolloutBuffer, AdvisedRolloutBuffer
+from sb3_vlm.guidance import ConstantCoef, KickstartingCoef, LinearDecayCoef
+from sb3_vlm.ppo import GuidedPPO
+from sb3_vlm.wrappers import VLMAdviceWrapper
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADVICE_INFO_KEY",
+    "AdviceCache",
+    "AdviceRequest",
+    "Advice",
+    "AdvisedDictRolloutBuffer",
+    "AdvisedRolloutBuffer",
+    "Advisor",
+    "CachedAdvisor",
+    "CallableAdvisor",
+    "ConstantAdvisor",
+    "ConstantCoef",
+    "GuidedA2C",
+    "GuidedPPO",
+    "KickstartingCoef",
+    "LinearDecayCoef",
+    "MiniGridOracle",
+    "NoisyAdvisor",
+    "RandomAdvisor",
+    "VLMAdviceWrapper",
+    "make_minigrid_env",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # MiniGrid is an optional extra: import it only when asked for
+    if name in ("MiniGridOracle", "make_minigrid_env", "MiniGridTeacherView"):
+        from sb3_vlm.envs import minigrid
+
+        return getattr(minigrid, name)
+    raise AttributeError(f"module 'sb3_vlm' has no attribute {name!r}")

@@ -1,0 +1,14 @@
+from sb3_vlm.advisors.base import Advisor, AdvisorStats
+from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
+from sb3_vlm.advisors.scripted import CallableAdvisor, ConstantAdvisor, NoisyAdvisor, RandomAdvisor
+
+__all__ = [
+    "AdviceCache",
+    "Advisor",
+    "AdvisorStats",
+    "CachedAdvisor",
+    "CallableAdvisor",
+    "ConstantAdvisor",
+    "NoisyAdvisor",
+    "RandomAdvisor",
+]

@@ -1,0 +1,85 @@
+"""The advisor protocol: batch-first, never raises into training."""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from sb3_vlm.advice import Advice, AdviceRequest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AdvisorStats:
+    """Counters every advisor keeps (logged by the algorithms and shown by the demo)."""
+
+    queries: int = 0  # requests answered by the backend (cache hits excluded)
+    invalid: int = 0  # answers with valid=False (parse failures, no plan, ...)
+    errors: int = 0  # backend exceptions turned into invalid advice
+    cache_hits: int = 0
+    cache_misses: int = 0
+    total_latency: float = 0.0  # seconds spent in the backend
+
+    @property
+    def mean_latency(self) -> float:
+        return self.total_latency / self.queries if self.queries else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "mean_latency": self.mean_latency}
+
+
+class Advisor(ABC):
+    """
+    Base class of every advisor (scripted, API-hosted or local VLM).
+
+    Subclasses implement :meth:`_advise`; callers use :meth:`advise`, which times the batch, keeps
+    :class:`AdvisorStats`, checks the answer count and turns any backend exception into invalid advice
+    (counted and logged) so that a misbehaving teacher never crashes a training run.
+    """
+
+    def __init__(self) -> None:
+        self.stats = AdvisorStats()
+
+    @property
+    def identity(self) -> str:
+        """Stable description of what answers (part of the cache key): two advisors with the same identity must
+        give interchangeable answers."""
+        return type(self).__name__
+
+    @abstractmethod
+    def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
+        """Answer a batch of requests, one :class:`Advice` per request, in order."""
+
+    def advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
+        """Answer a batch of requests; never raises for backend failures."""
+        if len(requests) == 0:
+            return []
+        start = time.perf_counter()
+        try:
+            answers = self._advise(requests)
+            if len(answers) != len(requests):
+                raise RuntimeError(f"{self.identity} returned {len(answers)} answers for {len(requests)} requests")
+        except Exception as exc:  # a bad teacher must not lose the run: count, log, mask
+            self.stats.errors += len(requests)
+            logger.warning("Advisor %s failed on a batch of %d: %r", self.identity, len(requests), exc)
+            answers = [Advice.invalid(source=self.identity, raw=repr(exc)) for _ in requests]
+        elapsed = time.perf_counter() - start
+        self.stats.queries += len(requests)
+        self.stats.total_latency += elapsed
+        per_request = elapsed / len(requests)
+        for advice in answers:
+            if not advice.valid:
+                self.stats.invalid += 1
+            if advice.latency == 0.0:
+                advice.latency = per_request
+        return answers
+
+    def advise_one(self, request: AdviceRequest) -> Advice:
+        return self.advise([request])[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.identity})"

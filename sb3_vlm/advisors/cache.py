@@ -1,0 +1,153 @@
+"""Content-addressed, persistent advice cache (SQLite in WAL mode, values stored as JSON, never pickles)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sb3_vlm.advice import Advice, AdviceRequest
+from sb3_vlm.advisors.base import Advisor
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS advice (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
+
+
+class AdviceCache:
+    """
+    Map request content addresses (see :meth:`AdviceRequest.cache_key`) to advice.
+
+    The connection is opened lazily per process, so the cache pickles (it travels to ``SubprocVecEnv`` workers) and
+    several processes may share one file: SQLite's WAL journal and a busy timeout serialise their writers.
+    ``path=":memory:"`` keeps a private in-process cache (not shared after pickling).
+
+    :param path: database file, or ``":memory:"``
+    :param timeout: seconds a writer waits for a lock held by another process
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = ":memory:", timeout: float = 30.0) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+        self.hits = 0
+        self.misses = 0
+        self._conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False, isolation_level=None)
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(_SCHEMA)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def get(self, key: str) -> Advice | None:
+        with self._lock:
+            row = self._connection().execute("SELECT value FROM advice WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return Advice.from_dict(json.loads(row[0]))
+
+    def put(self, key: str, advice: Advice) -> None:
+        value = json.dumps(advice.to_dict())
+        with self._lock:
+            self._connection().execute(
+                "INSERT OR REPLACE INTO advice (key, value, created) VALUES (?, ?, ?)", (key, value, time.time())
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._connection().execute("SELECT COUNT(*) FROM advice").fetchone()[0])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._connection().execute("DELETE FROM advice")
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_conn"], state["_pid"], state["_lock"] = None, None, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"AdviceCache({self.path!r}, hits={self.hits}, misses={self.misses})"
+
+
+class CachedAdvisor(Advisor):
+    """
+    Answer from the cache where possible and ask ``advisor`` only for the misses.
+
+    Only valid answers are stored: a failure (timeout, parse error) may be transient and must be retried later.
+    Answers are keyed by the wrapped advisor's identity, so advisors never read each other's entries.
+
+    :param advisor: the advisor that answers cache misses
+    :param cache: an :class:`AdviceCache` or a path to its database file
+    """
+
+    def __init__(self, advisor: Advisor, cache: AdviceCache | str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.advisor = advisor
+        self.cache = cache if isinstance(cache, AdviceCache) else AdviceCache(cache)
+        # one set of counters: queries are counted by the wrapped advisor, hits/misses here
+        self.stats = advisor.stats
+
+    @property
+    def identity(self) -> str:
+        return self.advisor.identity
+
+    def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
+        identity = self.advisor.identity
+        keys = [r.cache_key(identity) for r in requests]
+        answers: list[Advice | None] = [self._lookup(k) for k in keys]
+        missing = [i for i, a in enumerate(answers) if a is None]
+        self.stats.cache_hits += len(requests) - len(missing)
+        self.stats.cache_misses += len(missing)
+        if missing:
+            fresh = self.advisor.advise([requests[i] for i in missing])
+            for i, advice in zip(missing, fresh, strict=True):
+                answers[i] = advice
+                if advice.valid:
+                    self._store(keys[i], advice)
+        return [a for a in answers if a is not None]
+
+    def _lookup(self, key: str) -> Advice | None:
+        try:
+            advice = self.cache.get(key)
+        except sqlite3.Error as exc:  # an unreadable cache degrades to a miss, never a crash
+            logger.warning("Advice cache read failed (%r); treating as a miss", exc)
+            return None
+        if advice is not None:
+            advice.latency = 0.0
+        return advice
+
+    def _store(self, key: str, advice: Advice) -> None:
+        try:
+            self.cache.put(key, advice)
+        except sqlite3.Error as exc:
+            logger.warning("Advice cache write failed (%r); answer not cached", exc)
+
+    def advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
+        # No second round of counting/timing: the wrapped advisor already does it for the misses.
+        return self._advise(requests)

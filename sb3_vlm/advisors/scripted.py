@@ -1,0 +1,185 @@
+"""Scripted advisors: stand-ins for a VLM in tests, ablations and benchmarks (no weights, no network)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+from gymnasium import spaces
+
+from sb3_vlm.advice import Advice, AdviceRequest
+from sb3_vlm.advisors.base import Advisor
+
+
+def _space_of(request: AdviceRequest) -> spaces.Space:
+    if request.action_space is None:
+        raise ValueError("This advisor needs AdviceRequest.action_space (the wrapper fills it in)")
+    return request.action_space
+
+
+class CallableAdvisor(Advisor):
+    """
+    Wrap any function of the request.
+
+    :param fn: ``fn(request)`` returning an :class:`Advice`, a probability vector / continuous action (ndarray),
+        an ``int`` discrete action, or ``None`` for "no advice".
+    :param name: identity used in cache keys; give different functions different names.
+    """
+
+    def __init__(self, fn: Callable[[AdviceRequest], Advice | np.ndarray | int | None], name: str = "callable"):
+        super().__init__()
+        self.fn = fn
+        self.name = name
+
+    @property
+    def identity(self) -> str:
+        return f"callable:{self.name}"
+
+    def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
+        return [self._convert(self.fn(r), r) for r in requests]
+
+    def _convert(self, out: Advice | np.ndarray | int | None, request: AdviceRequest) -> Advice:
+        if out is None:
+            return Advice.invalid(source=self.identity)
+        if isinstance(out, Advice):
+            return out
+        space = request.action_space
+        if isinstance(out, (int, np.integer)):
+            return Advice(action=np.asarray([out]), source=self.identity)
+        arr = np.asarray(out, dtype=np.float32)
+        if isinstance(space, spaces.Discrete) and arr.shape == (int(space.n),):
+            return Advice(probs=arr, source=self.identity)
+        return Advice(action=arr, source=self.identity)
+
+
+class ConstantAdvisor(Advisor):
+    """
+    Always the same advice. With the default it is ERPv's "Worst Model", which outputs zeros.
+
+    :param action: the advised continuous action (broadcast to the action shape) or discrete action index
+    """
+
+    def __init__(self, action: float | int | np.ndarray = 0.0):
+        super().__init__()
+        self.action = np.asarray(action, dtype=np.float32)
+
+    @property
+    def identity(self) -> str:
+        return f"constant:{self.action.tolist()}"
+
+    def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
+        out = []
+        for r in requests:
+            space = _space_of(r)
+            if isinstance(space, spaces.Discrete):
+                out.append(Advice(action=self.action.reshape(1)[:1].copy(), source=self.identity))
+            else:
+                assert isinstance(space, spaces.Box)
+                out.append(Advice(action=np.broadcast_to(self.action, space.shape).copy(), source=self.identity))
+        return out
+
+
+def _random_answer(space: spaces.Space, rng: np.random.Generator, source: str) -> Advice:
+    if isinstance(space, spaces.Discrete):
+        return Advice(action=np.asarray([int(space.start) + int(rng.integers(int(space.n)))]), source=source)
+    assert isinstance(space, spaces.Box)
+    return Advice(action=rng.uniform(space.low, space.high).astype(np.float32), source=source)
+
+
+class RandomAdvisor(Advisor):
+    """
+    Uniformly random advice: a random discrete action, or a uniform sample of a (bounded) Box.
+
+    :param seed: seed of the advisor's own generator
+    """
+
+    def __init__(self, seed: int | None = None):
+        super().__init__()
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def identity(self) -> str:
+        return f"random:{self.seed}"
+
+    def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
+        return [_random_answer(_space_of(r), self.rng, self.identity) for r in requests]
+
+
+class NoisyAdvisor(Advisor):
+    """
+    Make an advisor only partially reliable: a stand-in for a VLM that is right some of the time.
+
+    With probability ``1 - reliability`` the base answer is replaced by a wrong one:
+
+    - ``Discrete``: the teacher's mass is moved to another action, drawn uniformly among those the base does not
+      rank first (the shape of the distribution, i.e. its smoothing, is kept);
+    - ``Box``: ``mode="random"`` draws a uniform action, ``mode="adversarial"`` mirrors the base action
+      through the centre of the box (``low + high - a``).
+
+    ``reliability=1`` is the base advisor, ``reliability=0`` is always wrong. Behind a cache the wrong answers are
+    fixed per teacher view, like a deterministic (temperature 0) VLM that is wrong about some states.
+
+    :param base: the advisor to corrupt (usually an oracle)
+    :param reliability: probability of passing the base answer through
+    :param seed: seed of the corruption
+    :param mode: continuous corruption, ``"random"`` or ``"adversarial"``
+    """
+
+    def __init__(
+        self,
+        base: Advisor,
+        reliability: float = 0.8,
+        seed: int | None = None,
+        mode: Literal["random", "adversarial"] = "random",
+    ):
+        super().__init__()
+        if not 0.0 <= reliability <= 1.0:
+            raise ValueError(f"reliability must be in [0, 1], got {reliability}")
+        if mode not in ("random", "adversarial"):
+            raise ValueError(f"mode must be 'random' or 'adversarial', got {mode!r}")
+        self.base = base
+        self.reliability = reliability
+        self.seed = seed
+        self.mode = mode
+        self.rng = np.random.default_rng(seed)
+        self.n_corrupted = 0
+
+    @property
+    def identity(self) -> str:
+        return f"noisy({self.base.identity},r={self.reliability},seed={self.seed},mode={self.mode})"
+
+    def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
+        answers = self.base.advise(requests)
+        out = []
+        for request, advice in zip(requests, answers, strict=True):
+            if advice.valid and self.rng.random() >= self.reliability:
+                self.n_corrupted += 1
+                advice = self._corrupt(advice, _space_of(request))
+            out.append(advice)
+        return out
+
+    def _corrupt(self, advice: Advice, space: spaces.Space) -> Advice:
+        source = f"{advice.source}:wrong"
+        if isinstance(space, spaces.Discrete):
+            n = int(space.n)
+            if advice.probs is not None:
+                probs = np.asarray(advice.probs, dtype=np.float64)
+                best = probs >= probs.max() - 1e-12
+                floor = float(probs.min())
+            else:
+                best = np.zeros(n, dtype=bool)
+                best[int(np.asarray(advice.action).reshape(-1)[0]) - int(space.start)] = True
+                floor = 0.0
+            wrong = np.flatnonzero(~best)
+            if wrong.size == 0:  # the base says every action is equally good: nothing is "wrong"
+                return advice
+            probs_out = np.full(n, floor)
+            probs_out[self.rng.choice(wrong)] = 1.0 - floor * (n - 1)
+            return Advice(probs=probs_out.astype(np.float32), source=source, raw=advice.raw)
+        assert isinstance(space, spaces.Box)
+        if self.mode == "adversarial" and advice.action is not None:
+            action = (space.low + space.high - np.asarray(advice.action, dtype=np.float32)).astype(np.float32)
+            return Advice(action=np.clip(action, space.low, space.high), source=source, raw=advice.raw)
+        return _random_answer(space, self.rng, source)

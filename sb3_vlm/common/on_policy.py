@@ -1,0 +1,242 @@
+"""What GuidedPPO and GuidedA2C share: advised rollout collection and LVLM2P's distillation term."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.type_aliases import PyTorchObs
+from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+
+from sb3_vlm.advice import ADVICE_INFO_KEY, advice_batch_from_infos
+from sb3_vlm.buffers import AdvisedDictRolloutBuffer, AdvisedRolloutBuffer
+from sb3_vlm.guidance.distill import advised_action_nll, kl_distill_loss, teacher_agreement, teacher_targets
+from sb3_vlm.guidance.schedules import CoefSchedule, as_coef_schedule
+
+
+def evaluate_actions_with_distribution(
+    policy: ActorCriticPolicy, obs: PyTorchObs, actions: th.Tensor
+) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, Distribution]:
+    """
+    ``ActorCriticPolicy.evaluate_actions`` that also returns the action distribution, so the distillation term needs
+    no second forward pass. Adapted line for line from SB3's ``ActorCriticPolicy.evaluate_actions``.
+    """
+    features = policy.extract_features(obs)
+    if policy.share_features_extractor:
+        latent_pi, latent_vf = policy.mlp_extractor(features)
+    else:
+        pi_features, vf_features = features
+        latent_pi = policy.mlp_extractor.forward_actor(pi_features)
+        latent_vf = policy.mlp_extractor.forward_critic(vf_features)
+    distribution = policy._get_action_dist_from_latent(latent_pi)
+    log_prob = distribution.log_prob(actions)
+    values = policy.value_net(latent_vf)
+    entropy = distribution.entropy()
+    return values, log_prob, entropy, distribution
+
+
+class GuidedOnPolicyMixin:
+    """
+    Mixin for SB3 on-policy algorithms (put it before ``PPO`` / ``A2C`` in the bases).
+
+    - stores each step's advice (``info[advice_key]``) in an advised rollout buffer, aligned with the observation the
+      action was taken on;
+    - provides :meth:`_distill_loss`, LVLM2P eq. 1's ``λ · D_KL(π_T ‖ π_θ)`` over valid rows (discrete actions), or
+      ``−λ · log π_θ(a_v|s)`` for Box actions;
+    - logs ``train/distill_loss``, ``train/teacher_coef``, ``train/advice_valid_frac``, ``train/teacher_agreement``.
+    """
+
+    # provided by the SB3 base class
+    action_space: spaces.Space
+    observation_space: spaces.Space
+    policy: ActorCriticPolicy
+    rollout_buffer: RolloutBuffer
+    rollout_buffer_class: type[RolloutBuffer] | None
+    logger: Any
+    num_timesteps: int
+    _current_progress_remaining: float
+    _last_obs: Any
+    _last_episode_starts: Any
+
+    teacher_coef: float | CoefSchedule
+    teacher_target: str
+    advice_key: str
+    _n_guided_updates: int
+
+    def _init_guidance(self, teacher_coef: float | CoefSchedule, teacher_target: str, advice_key: str) -> None:
+        if teacher_target not in ("soft", "hard"):
+            raise ValueError(f"teacher_target must be 'soft' or 'hard', got {teacher_target!r}")
+        as_coef_schedule(teacher_coef)  # validate early, before any model is built
+        self.teacher_coef = teacher_coef
+        self.teacher_target = teacher_target
+        self.advice_key = advice_key
+        self._n_guided_updates = 0
+        self._seen_advice = False
+        self._warned_no_advice = False
+
+    def _setup_advised_buffer_class(self) -> None:
+        if not isinstance(self.action_space, (spaces.Discrete, spaces.Box)):
+            raise NotImplementedError(
+                f"{type(self).__name__} supports Discrete (KL distillation) and Box (advised-action NLL) action spaces,"
+                f" not {type(self.action_space).__name__}"
+            )
+        dict_obs = isinstance(self.observation_space, spaces.Dict)
+        if self.rollout_buffer_class is None or self.rollout_buffer_class in (RolloutBuffer, DictRolloutBuffer):
+            self.rollout_buffer_class = AdvisedDictRolloutBuffer if dict_obs else AdvisedRolloutBuffer
+        elif not issubclass(self.rollout_buffer_class, (AdvisedRolloutBuffer, AdvisedDictRolloutBuffer)):
+            raise TypeError(
+                f"{type(self).__name__} needs an advised rollout buffer, got {self.rollout_buffer_class.__name__}"
+            )
+
+    @property
+    def current_teacher_coef(self) -> float:
+        schedule = as_coef_schedule(self.teacher_coef)
+        return float(schedule(self._n_guided_updates, self._current_progress_remaining))
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        """
+        Adapted from ``OnPolicyAlgorithm.collect_rollouts`` (SB3 2.x): the only addition is storing each step's
+        advice into the advised buffer (``rollout_buffer.add_advice``) just before ``rollout_buffer.add``.
+        """
+        algo: Any = self
+        assert algo._last_obs is not None, "No previous observation was provided"
+        assert isinstance(rollout_buffer, (AdvisedRolloutBuffer, AdvisedDictRolloutBuffer))
+        # Switch to eval mode (this affects batch norm / dropout)
+        algo.policy.set_training_mode(False)
+
+        n_steps = 0
+        rollout_buffer.reset()
+        # Sample new weights for the state dependent exploration
+        if algo.use_sde:
+            algo.policy.reset_noise(env.num_envs)
+
+        callback.on_rollout_start()
+
+        while n_steps < n_rollout_steps:
+            if algo.use_sde and algo.sde_sample_freq > 0 and n_steps % algo.sde_sample_freq == 0:
+                # Sample a new noise matrix
+                algo.policy.reset_noise(env.num_envs)
+
+            with th.no_grad():
+                # Convert to pytorch tensor or to TensorDict
+                obs_tensor = obs_as_tensor(algo._last_obs, algo.device)
+                actions, values, log_probs = algo.policy(obs_tensor)
+            actions = actions.cpu().numpy()
+
+            # Rescale and perform action
+            clipped_actions = actions
+
+            if isinstance(algo.action_space, spaces.Box):
+                if algo.policy.squash_output:
+                    clipped_actions = algo.policy.unscale_action(clipped_actions)
+                else:
+                    clipped_actions = np.clip(actions, algo.action_space.low, algo.action_space.high)
+
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
+
+            algo.num_timesteps += env.num_envs
+
+            # Give access to local variables
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+
+            algo._update_info_buffer(infos, dones)
+            n_steps += 1
+
+            if isinstance(algo.action_space, spaces.Discrete):
+                # Reshape in case of discrete action
+                actions = actions.reshape(-1, 1)
+
+            # Handle timeout by bootstrapping with value function
+            # see GitHub issue #633
+            for idx, done in enumerate(dones):
+                if (
+                    done
+                    and infos[idx].get("terminal_observation") is not None
+                    and infos[idx].get("TimeLimit.truncated", False)
+                ):
+                    terminal_obs = algo.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
+                    with th.no_grad():
+                        terminal_value = algo.policy.predict_values(terminal_obs)[0]
+                    rewards[idx] += algo.gamma * terminal_value
+
+            # sb3-vlm: info[t] carries the advice for _last_obs (the wrapper's time alignment), store it with that row
+            self._seen_advice = self._seen_advice or any(self.advice_key in info for info in infos)
+            rollout_buffer.add_advice(*advice_batch_from_infos(infos, algo.action_space, self.advice_key))
+            rollout_buffer.add(
+                algo._last_obs,
+                actions,
+                rewards,
+                algo._last_episode_starts,
+                values,
+                log_probs,
+            )
+            algo._last_obs = new_obs
+            algo._last_episode_starts = dones
+
+        with th.no_grad():
+            # Compute value for the last timestep
+            values = algo.policy.predict_values(obs_as_tensor(new_obs, algo.device))
+
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+
+        callback.update_locals(locals())
+
+        callback.on_rollout_end()
+
+        self._warn_if_no_advice()
+        return True
+
+    def _warn_if_no_advice(self) -> None:
+        if not self._seen_advice and not self._warned_no_advice:
+            self._warned_no_advice = True
+            warnings.warn(
+                f"{type(self).__name__} received no advice (no '{self.advice_key}' key in any info): it trains as its "
+                "unguided base algorithm. Wrap the env with sb3_vlm.wrappers.VLMAdviceWrapper.",
+                stacklevel=2,
+            )
+
+    def _distill_loss(
+        self, distribution: Distribution, advice_targets: th.Tensor, advice_valid: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """
+        The distillation term (without λ) and the teacher agreement of one minibatch.
+
+        Discrete: ``D_KL(target ‖ π_θ(·|s))`` with ``target`` the soft teacher probabilities or their one-hot argmax.
+        Box: ``−log π_θ(a_v|s)`` of the advised action (in env units, as PPO's Gaussian is).
+        """
+        if isinstance(self.action_space, spaces.Discrete):
+            log_probs = distribution.distribution.logits  # type: ignore[attr-defined]  # normalised log-probs
+            targets = teacher_targets(advice_targets, self.teacher_target)
+            return kl_distill_loss(targets, log_probs, advice_valid), teacher_agreement(
+                advice_targets, log_probs, advice_valid
+            )
+        advised_log_prob = distribution.log_prob(advice_targets)
+        # agreement for continuous actions is not a meaningful count: report the fraction of valid rows instead
+        return advised_action_nll(advised_log_prob, advice_valid), advice_valid.float().mean()
+
+    def _record_guidance(self, distill_losses: list[float], agreements: list[float], coef: float) -> None:
+        valid = self.rollout_buffer.advice_valid  # type: ignore[attr-defined]
+        self.logger.record("train/distill_loss", float(np.mean(distill_losses)) if distill_losses else 0.0)
+        self.logger.record("train/teacher_coef", coef)
+        self.logger.record("train/advice_valid_frac", float(np.mean(valid)))
+        self.logger.record("train/teacher_agreement", float(np.mean(agreements)) if agreements else 0.0)
+        self._n_guided_updates += 1
+
+
+__all__ = ["GuidedOnPolicyMixin", "evaluate_actions_with_distribution"]

@@ -1,0 +1,341 @@
+"""MiniGrid as LVLM2P sets it up: the student sees its own observation, the teacher a fully observable render.
+
+- :func:`make_minigrid_env` builds the env with a choice of student observation and a teacher view.
+- :class:`MiniGridTeacherView` exposes ``teacher_request()``, which :class:`~sb3_vlm.wrappers.VLMAdviceWrapper`
+  uses by default: the full RGB render, the mission text, and a compact state snapshot for scripted advisors.
+- :class:`MiniGridOracle` is a shortest-path planner over the full grid giving soft probabilities over the
+  optimal actions (a stand-in for a perfect VLM teacher).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from sb3_vlm.advice import Advice, AdviceRequest
+from sb3_vlm.advisors.base import Advisor
+
+try:
+    import minigrid  # noqa: F401  (registers the MiniGrid-* ids)
+    from minigrid.core.constants import COLOR_NAMES, COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+    from minigrid.wrappers import ImgObsWrapper, RGBImgObsWrapper, RGBImgPartialObsWrapper
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("MiniGrid support needs the 'minigrid' extra: pip install 'sb3-vlm[minigrid]'") from exc
+
+# MiniGrid's actions (minigrid.core.actions.Actions)
+LEFT, RIGHT, FORWARD, PICKUP, DROP, TOGGLE, DONE = range(7)
+ACTION_NAMES = ("turn left", "turn right", "move forward", "pick up", "drop", "toggle", "done")
+_DIR_TO_VEC = ((1, 0), (0, 1), (-1, 0), (0, -1))
+_MISSION_WORDS = (*COLOR_NAMES, "door", "key", "ball", "box")
+
+StudentObs = Literal["symbolic", "rgb_partial", "rgb_full"]
+TaskKind = Literal["goal", "doorkey", "goto_door", "fetch", "unsupported"]
+
+
+@dataclass
+class MiniGridState:
+    """
+    What the oracle plans on: the encoded full grid and the agent. Everything here is visible in the full render or
+    stated in the mission/context, so caching on (image, context) is sound.
+
+    :param grid: ``grid.encode()``, shape (W, H, 3): object index, colour index, state
+    :param agent_pos: (x, y)
+    :param agent_dir: 0 right, 1 down, 2 left, 3 up
+    :param carrying: (object index, colour index) of the carried object, or None
+    :param task: which planning problem the env poses
+    :param target: (object index, colour index) for GoToDoor / Fetch, else None
+    """
+
+    grid: np.ndarray
+    agent_pos: tuple[int, int]
+    agent_dir: int
+    carrying: tuple[int, int] | None
+    task: TaskKind
+    target: tuple[int, int] | None = None
+
+
+def _task_of(env: Any) -> tuple[TaskKind, tuple[int, int] | None]:
+    name = type(env).__name__
+    if name == "DoorKeyEnv":
+        return "doorkey", None
+    if name == "GoToDoorEnv":
+        return "goto_door", (OBJECT_TO_IDX["door"], COLOR_TO_IDX[env.target_color])
+    if name == "FetchEnv":
+        return "fetch", (OBJECT_TO_IDX[env.targetType], COLOR_TO_IDX[env.targetColor])
+    return "goal", None
+
+
+def minigrid_state(env: gym.Env) -> MiniGridState:
+    """Snapshot the state of a (possibly wrapped) MiniGrid env for :class:`MiniGridOracle`."""
+    u: Any = env.unwrapped
+    task, target = _task_of(u)
+    carrying = None
+    if u.carrying is not None:
+        carrying = (OBJECT_TO_IDX[u.carrying.type], COLOR_TO_IDX[u.carrying.color])
+    return MiniGridState(
+        grid=u.grid.encode(),
+        agent_pos=(int(u.agent_pos[0]), int(u.agent_pos[1])),
+        agent_dir=int(u.agent_dir),
+        carrying=carrying,
+        task=task,
+        target=target,
+    )
+
+
+class MiniGridTeacherView(gym.Wrapper):
+    """
+    Give the teacher a fully observable RGB render of the grid plus the mission (LVLM2P's setup).
+
+    :param env: a MiniGrid env (any wrappers)
+    :param tile_size: pixels per grid cell of the teacher image (8 keeps hashing and rendering cheap; use 32 for a
+        real VLM, which reads small sprites poorly)
+    """
+
+    def __init__(self, env: gym.Env, tile_size: int = 8):
+        super().__init__(env)
+        self.tile_size = tile_size
+
+    def teacher_request(self) -> AdviceRequest:
+        u: Any = self.env.unwrapped
+        # grid.render directly: get_full_render also computes the agent's visibility mask, which costs as much again
+        image = u.grid.render(self.tile_size, u.agent_pos, u.agent_dir, highlight_mask=None)
+        carrying = "nothing" if u.carrying is None else f"{u.carrying.color} {u.carrying.type}"
+        return AdviceRequest(
+            image=image,
+            context={"mission": u.mission, "carrying": carrying},
+            action_space=self.env.action_space,
+            state=minigrid_state(self.env),
+        )
+
+
+class SymbolicObsWrapper(gym.ObservationWrapper):
+    """
+    Compact student observation: the agent's partial 7x7 view (object, colour, state indices scaled to [0, 1]),
+    its direction one-hot, and a bag of mission words (colours and object types, so that GoToDoor and Fetch are
+    solvable). A flat float vector for ``MlpPolicy``; much faster to learn from on a CPU than pixels.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        img_space = env.observation_space["image"]  # type: ignore[index]
+        self._scale = np.array(
+            [max(OBJECT_TO_IDX.values()), max(COLOR_TO_IDX.values()), max(STATE_TO_IDX.values())], dtype=np.float32
+        )
+        size = int(np.prod(img_space.shape)) + 4 + len(_MISSION_WORDS)
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(size,), dtype=np.float32)
+        self._mission: str | None = None
+        self._mission_vec = np.zeros(len(_MISSION_WORDS), dtype=np.float32)
+
+    def observation(self, observation: dict[str, Any]) -> np.ndarray:
+        image = observation["image"].astype(np.float32) / self._scale
+        direction = np.zeros(4, dtype=np.float32)
+        direction[int(observation["direction"])] = 1.0
+        mission = observation["mission"]
+        if mission != self._mission:  # missions change only at reset
+            words = set(re.findall(r"[a-z]+", mission.lower()))
+            self._mission_vec = np.array([w in words for w in _MISSION_WORDS], dtype=np.float32)
+            self._mission = mission
+        return np.concatenate([image.reshape(-1), direction, self._mission_vec])
+
+
+def make_minigrid_env(
+    env_id: str,
+    student_obs: StudentObs = "rgb_partial",
+    teacher_tile_size: int = 8,
+    student_tile_size: int = 8,
+    render_mode: str | None = None,
+    **env_kwargs: Any,
+) -> gym.Env:
+    """
+    Make a MiniGrid env with a student observation and a teacher view (LVLM2P setup).
+
+    :param env_id: e.g. ``"MiniGrid-LavaGapS7-v0"``
+    :param student_obs: ``"rgb_partial"`` (the agent's egocentric view as 56x56 RGB, for ``CnnPolicy``),
+        ``"rgb_full"`` (the whole grid as RGB), or ``"symbolic"`` (flat vector, see :class:`SymbolicObsWrapper`,
+        for ``MlpPolicy``; the fast choice on a CPU)
+    :param teacher_tile_size: pixels per cell of the teacher's full render
+    :param student_tile_size: pixels per cell of the RGB student observations
+    :param render_mode: passed to ``gym.make``
+    :param env_kwargs: passed to ``gym.make`` (e.g. ``max_steps``)
+    """
+    env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
+    if student_obs == "symbolic":
+        env = SymbolicObsWrapper(env)
+    elif student_obs == "rgb_partial":
+        env = ImgObsWrapper(RGBImgPartialObsWrapper(env, tile_size=student_tile_size))
+    elif student_obs == "rgb_full":
+        env = ImgObsWrapper(RGBImgObsWrapper(env, tile_size=student_tile_size))
+    else:
+        raise ValueError(f"student_obs must be 'symbolic', 'rgb_partial' or 'rgb_full', got {student_obs!r}")
+    return MiniGridTeacherView(env, tile_size=teacher_tile_size)
+
+
+# --------------------------------------------------------------------------------------------- oracle planner
+def _passable(cell: np.ndarray) -> bool:
+    obj = int(cell[0])
+    if obj in (OBJECT_TO_IDX["empty"], OBJECT_TO_IDX["floor"], OBJECT_TO_IDX["goal"]):
+        return True
+    return obj == OBJECT_TO_IDX["door"] and int(cell[2]) == STATE_TO_IDX["open"]
+
+
+@dataclass
+class _Goal:
+    """Planning target: states of distance 0 and the action to take there (None: being there is success)."""
+
+    cells: list[tuple[int, int]]
+    facing: bool  # True: goal states *face* one of ``cells``; False: they stand on one of them
+    final_action: int | None
+
+
+def _goal_for(state: MiniGridState) -> _Goal | None:
+    grid = state.grid
+    w, h = grid.shape[:2]
+
+    def find(obj: int, color: int | None = None, door_state: int | None = None) -> list[tuple[int, int]]:
+        return [
+            (x, y)
+            for x in range(w)
+            for y in range(h)
+            if grid[x, y, 0] == obj
+            and (color is None or grid[x, y, 1] == color)
+            and (door_state is None or grid[x, y, 2] == door_state)
+        ]
+
+    door, key, goal = OBJECT_TO_IDX["door"], OBJECT_TO_IDX["key"], OBJECT_TO_IDX["goal"]
+    if state.task == "doorkey":
+        locked = find(door, door_state=STATE_TO_IDX["locked"])
+        carrying_key = state.carrying is not None and state.carrying[0] == key
+        if locked and not carrying_key:
+            return _Goal(find(key), facing=True, final_action=PICKUP)
+        closed = locked + find(door, door_state=STATE_TO_IDX["closed"])
+        if closed:
+            return _Goal(closed, facing=True, final_action=TOGGLE)
+        return _Goal(find(goal), facing=False, final_action=None)
+    if state.task == "goto_door":
+        assert state.target is not None
+        doors = find(door, color=state.target[1])
+        around = {(x + dx, y + dy) for x, y in doors for dx, dy in _DIR_TO_VEC}
+        cells = [(x, y) for x, y in around if 0 <= x < w and 0 <= y < h and _passable(grid[x, y])]
+        return _Goal(cells, facing=False, final_action=DONE)
+    if state.task == "fetch":
+        assert state.target is not None
+        return _Goal(find(state.target[0], color=state.target[1]), facing=True, final_action=PICKUP)
+    if state.task == "goal":
+        cells = find(goal)
+        return _Goal(cells, facing=False, final_action=None) if cells else None
+    return None
+
+
+def shortest_path_distances(state: MiniGridState) -> tuple[np.ndarray, _Goal] | None:
+    """
+    Backward breadth-first search over (x, y, direction) with the moves left / right / forward.
+
+    :return: distance-to-goal array (W, H, 4) with ``-1`` for unreachable, and the goal; None if the task has none
+    """
+    goal = _goal_for(state)
+    if goal is None or not goal.cells:
+        return None
+    grid = state.grid
+    w, h = grid.shape[:2]
+    passable = np.array([[_passable(grid[x, y]) for y in range(h)] for x in range(w)])
+    passable[state.agent_pos] = True  # the agent's own cell is free (grid.encode() omits the agent)
+    dist = np.full((w, h, 4), -1, dtype=np.int64)
+    queue: deque[tuple[int, int, int]] = deque()
+    for gx, gy in goal.cells:
+        for d, (dx, dy) in enumerate(_DIR_TO_VEC):
+            if goal.facing:
+                x, y = gx - dx, gy - dy  # stand behind the target, facing it
+                if not (0 <= x < w and 0 <= y < h and passable[x, y]):
+                    continue
+            else:
+                x, y = gx, gy
+            if dist[x, y, d] < 0:
+                dist[x, y, d] = 0
+                queue.append((x, y, d))
+    while queue:
+        x, y, d = queue.popleft()
+        nd = dist[x, y, d] + 1
+        # predecessors: turning left from d+1 or right from d-1 reaches d; moving forward from one cell back
+        preds = [(x, y, (d + 1) % 4), (x, y, (d - 1) % 4)]
+        px, py = x - _DIR_TO_VEC[d][0], y - _DIR_TO_VEC[d][1]
+        if 0 <= px < w and 0 <= py < h and passable[px, py]:
+            preds.append((px, py, d))
+        for p in preds:
+            if dist[p] < 0:
+                dist[p] = nd
+                queue.append(p)
+    return dist, goal
+
+
+def optimal_actions(state: MiniGridState) -> list[int]:
+    """All actions that start a shortest plan from the current state (empty when the task cannot be solved)."""
+    planned = shortest_path_distances(state)
+    if planned is None:
+        return []
+    dist, goal = planned
+    x, y = state.agent_pos
+    d = state.agent_dir
+    here = int(dist[x, y, d])
+    if here < 0:
+        return []
+    if here == 0:
+        return [goal.final_action] if goal.final_action is not None else []
+    w, h = dist.shape[:2]
+    best = []
+    nexts = {LEFT: (x, y, (d - 1) % 4), RIGHT: (x, y, (d + 1) % 4)}
+    fx, fy = x + _DIR_TO_VEC[d][0], y + _DIR_TO_VEC[d][1]
+    if 0 <= fx < w and 0 <= fy < h:
+        nexts[FORWARD] = (fx, fy, d)
+    for action, nxt in nexts.items():
+        if dist[nxt] == here - 1:
+            best.append(action)
+    return best
+
+
+class MiniGridOracle(Advisor):
+    """
+    Scripted perfect teacher for MiniGrid: soft probabilities over the actions that start a shortest plan.
+
+    Supports Empty, FourRooms-free goal tasks (LavaGap, LavaCrossing, SimpleCrossing, DynamicObstacles — moving
+    obstacles are treated as walls at their current cells), DoorKey (key, door, goal), GoToDoor (reach a cell next
+    to the named door, then ``done``) and Fetch (face the named object, then ``pick up``). Reads the planning
+    state from ``AdviceRequest.state`` (see :class:`MiniGridTeacherView`); answers ``valid=False`` when the request
+    has no state, the task is unsupported, or no plan exists.
+
+    The output is ``(1 - smoothing)`` spread evenly over the optimal actions plus ``smoothing / n`` everywhere:
+    soft targets, as the LVLM's probabilities in LVLM2P (§IV-B) are soft.
+
+    :param smoothing: probability mass spread uniformly over all actions
+    """
+
+    def __init__(self, smoothing: float = 0.1):
+        super().__init__()
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        self.smoothing = smoothing
+
+    @property
+    def identity(self) -> str:
+        return f"minigrid-oracle(smoothing={self.smoothing})"
+
+    def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: AdviceRequest) -> Advice:
+        state = request.state
+        if not isinstance(state, MiniGridState):
+            return Advice.invalid(source="oracle", raw="request carries no MiniGridState")
+        n = int(request.action_space.n) if isinstance(request.action_space, spaces.Discrete) else len(ACTION_NAMES)
+        best = optimal_actions(state)
+        if not best:
+            return Advice.invalid(source="oracle", raw="no plan")
+        probs = np.full(n, self.smoothing / n)
+        probs[best] += (1.0 - self.smoothing) / len(best)
+        return Advice(probs=probs.astype(np.float32), source="oracle", raw=", ".join(ACTION_NAMES[a] for a in best))

@@ -1,0 +1,27 @@
+from sb3_vlm.guidance.distill import (
+    advised_action_nll,
+    kl_distill_loss,
+    masked_mean,
+    teacher_agreement,
+    teacher_targets,
+)
+from sb3_vlm.guidance.schedules import (
+    CoefSchedule,
+    ConstantCoef,
+    KickstartingCoef,
+    LinearDecayCoef,
+    as_coef_schedule,
+)
+
+__all__ = [
+    "CoefSchedule",
+    "ConstantCoef",
+    "KickstartingCoef",
+    "LinearDecayCoef",
+    "advised_action_nll",
+    "as_coef_schedule",
+    "kl_distill_loss",
+    "masked_mean",
+    "teacher_agreement",
+    "teacher_targets",
+]

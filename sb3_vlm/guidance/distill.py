@@ -1,0 +1,64 @@
+"""LVLM2P's distillation term and its continuous-action counterpart, as pure functions on tensors."""
+
+from __future__ import annotations
+
+import torch as th
+
+
+def masked_mean(values: th.Tensor, valid: th.Tensor) -> th.Tensor:
+    """
+    Mean of ``values`` over rows with ``valid > 0``; exactly zero (not NaN) when no row is valid.
+
+    The result stays attached to the graph in both cases, so ``backward()`` always works.
+    """
+    mask = (valid > 0).to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def teacher_targets(teacher_probs: th.Tensor, target: str = "soft") -> th.Tensor:
+    """
+    Distillation target from the teacher's probabilities.
+
+    :param teacher_probs: (batch, n_actions), rows sum to one
+    :param target: ``"soft"`` keeps the distribution (LVLM2P default); ``"hard"`` is the one-hot of its argmax
+        (LVLM2P's ablation, Fig. 4 left)
+    """
+    if target == "soft":
+        return teacher_probs
+    if target == "hard":
+        return th.nn.functional.one_hot(teacher_probs.argmax(dim=-1), teacher_probs.shape[-1]).to(teacher_probs.dtype)
+    raise ValueError(f"target must be 'soft' or 'hard', got {target!r}")
+
+
+def kl_distill_loss(teacher_probs: th.Tensor, student_log_probs: th.Tensor, valid: th.Tensor) -> th.Tensor:
+    """
+    LVLM2P eq. 1's distillation term ``D_KL(π_T(·|o) ‖ π_θ(·|s))``, averaged over valid rows.
+
+    ``KL(p ‖ π) = Σ_a p(a) (log p(a) − log π(a|s))``, with ``0 · log 0 = 0`` so hard (one-hot) targets work.
+    Computed from the student's log-probabilities (numerically stable). Gradient flows into the student only.
+
+    :param teacher_probs: (batch, n_actions) teacher distribution (no gradient)
+    :param student_log_probs: (batch, n_actions) ``log π_θ(a|s)``
+    :param valid: (batch,) 1 where the row has advice, 0 where it is masked out
+    :return: scalar loss; zero when no row is valid
+    """
+    p = teacher_probs.detach()
+    per_row = (th.xlogy(p, p) - p * student_log_probs).sum(dim=-1)
+    return masked_mean(per_row, valid)
+
+
+def advised_action_nll(advised_log_prob: th.Tensor, valid: th.Tensor) -> th.Tensor:
+    """
+    Continuous-action counterpart of the KL term: ``−log π_θ(a_v|s)`` for the advised action ``a_v`` (the KL to
+    a point-mass teacher, up to a constant), averaged over valid rows.
+
+    :param advised_log_prob: (batch,) ``log π_θ(a_v|s)``
+    :param valid: (batch,) validity mask
+    """
+    return masked_mean(-advised_log_prob, valid)
+
+
+def teacher_agreement(teacher_probs: th.Tensor, student_log_probs: th.Tensor, valid: th.Tensor) -> th.Tensor:
+    """Fraction of valid rows where the student's most likely action is the teacher's (a diagnostic)."""
+    same = (teacher_probs.argmax(dim=-1) == student_log_probs.argmax(dim=-1)).float()
+    return masked_mean(same, valid).detach()

@@ -1,0 +1,116 @@
+"""Gymnasium wrapper that attaches (cached) VLM advice to each step's ``info``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+
+from sb3_vlm.advice import ADVICE_INFO_KEY, Advice, AdviceRequest
+from sb3_vlm.advisors.base import Advisor, AdvisorStats
+from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
+
+TeacherView = Callable[[gym.Env, Any], AdviceRequest]
+
+
+def default_teacher_view(env: gym.Env, obs: Any) -> AdviceRequest:
+    """
+    What the teacher sees by default: an inner wrapper's ``teacher_request()`` if there is one (e.g.
+    :class:`~sb3_vlm.envs.minigrid.MiniGridTeacherView`), else the observation itself when it is an RGB image,
+    else ``env.render()`` when the env renders ``rgb_array``.
+    """
+    try:
+        teacher_request = env.get_wrapper_attr("teacher_request")
+    except AttributeError:
+        teacher_request = None
+    if teacher_request is not None:
+        return teacher_request()
+    if isinstance(obs, np.ndarray) and obs.ndim == 3 and obs.dtype == np.uint8:
+        return AdviceRequest(image=obs)
+    if env.render_mode == "rgb_array":
+        return AdviceRequest(image=np.asarray(env.render()))
+    raise ValueError(
+        "Cannot build a teacher view: the env has no teacher_request(), its observation is not an RGB image and "
+        "render_mode is not 'rgb_array'. Pass teacher_view=callable(env, obs) -> AdviceRequest."
+    )
+
+
+class VLMAdviceWrapper(gym.Wrapper):
+    """
+    Ask an advisor about the observations the agent acts on and put the answer in ``info``.
+
+    **Time alignment** (DESIGN.md): the info returned by ``step(a_t)`` carries, under ``info_key``, the advice for
+    ``o_t``, the observation ``a_t`` was chosen on, i.e. the one SB3 stores next to that info. The advice for an
+    episode's first observation is computed at ``reset()`` and delivered with the first step, so vector-env
+    auto-resets cannot misalign it. Terminal observations are never queried (nobody acts on them).
+
+    Steps that are not queried (``query_every > 1``) carry ``Advice(valid=False, source="skipped")``.
+
+    :param env: the environment
+    :param advisor: who answers (scripted, API or local VLM)
+    :param query_every: ask on every k-th step of an episode, starting with its first observation (ERPv queries
+        every 10 frames); other steps carry invalid advice
+    :param teacher_view: ``f(env, obs) -> AdviceRequest``: what the teacher sees (default:
+        :func:`default_teacher_view`)
+    :param cache: an :class:`AdviceCache`, a path to one, or None for no cache
+    :param info_key: the info key (default ``"vlm_advice"``)
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        advisor: Advisor,
+        query_every: int = 1,
+        teacher_view: TeacherView | None = None,
+        cache: AdviceCache | str | os.PathLike[str] | None = None,
+        info_key: str = ADVICE_INFO_KEY,
+    ):
+        super().__init__(env)
+        if query_every < 1:
+            raise ValueError(f"query_every must be >= 1, got {query_every}")
+        if not isinstance(advisor, Advisor):
+            raise TypeError(f"advisor must be an sb3_vlm Advisor, got {type(advisor).__name__}")
+        self.base_advisor = advisor
+        self.advisor: Advisor = advisor if cache is None else CachedAdvisor(advisor, cache)
+        self.query_every = query_every
+        self.teacher_view = teacher_view or default_teacher_view
+        self.info_key = info_key
+        self._episode_step = 0
+        self._current: Advice | None = None
+        self.n_skipped = 0
+
+    @property
+    def current_advice(self) -> Advice | None:
+        """Advice for the observation the agent is about to act on (e.g. to execute the VLM's action, VBE)."""
+        return self._current
+
+    @property
+    def advisor_stats(self) -> AdvisorStats:
+        return self.advisor.stats
+
+    def _advice_for(self, obs: Any) -> Advice:
+        if self._episode_step % self.query_every != 0:
+            self.n_skipped += 1
+            return Advice.invalid(source="skipped")
+        request = self.teacher_view(self.env, obs)
+        if request.action_space is None:
+            request.action_space = self.env.action_space
+        return self.advisor.advise([request])[0]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._episode_step = 0
+        self._current = self._advice_for(obs)
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._current is None:
+            raise gym.error.ResetNeeded("Call reset() before step()")
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info[self.info_key] = self._current
+        self._episode_step += 1
+        self._current = None if (terminated or truncated) else self._advice_for(obs)
+        return obs, reward, terminated, truncated, info
