@@ -25,7 +25,7 @@ from sb3_vlm.advisors.base import Advisor
 try:
     import minigrid  # noqa: F401  (registers the MiniGrid-* ids)
     from minigrid.core.constants import COLOR_NAMES, COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
-    from minigrid.wrappers import ImgObsWrapper, RGBImgObsWrapper, RGBImgPartialObsWrapper
+    from minigrid.wrappers import FullyObsWrapper, ImgObsWrapper, RGBImgObsWrapper, RGBImgPartialObsWrapper
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("MiniGrid support needs the 'minigrid' extra: pip install 'sb3-vlm[minigrid]'") from exc
 
@@ -35,7 +35,7 @@ ACTION_NAMES = ("turn left", "turn right", "move forward", "pick up", "drop", "t
 _DIR_TO_VEC = ((1, 0), (0, 1), (-1, 0), (0, -1))
 _MISSION_WORDS = (*COLOR_NAMES, "door", "key", "ball", "box")
 
-StudentObs = Literal["symbolic", "rgb_partial", "rgb_full"]
+StudentObs = Literal["symbolic", "symbolic_partial", "rgb_partial", "rgb_full"]
 TaskKind = Literal["goal", "doorkey", "goto_door", "fetch", "unsupported"]
 
 
@@ -117,17 +117,23 @@ class MiniGridTeacherView(gym.Wrapper):
 
 class SymbolicObsWrapper(gym.ObservationWrapper):
     """
-    Compact student observation: the agent's partial 7x7 view (object, colour, state indices scaled to [0, 1]),
-    its direction one-hot, and a bag of mission words (colours and object types, so that GoToDoor and Fetch are
+    Compact student observation: a symbolic grid (object, colour, state indices scaled to [0, 1]), the agent's
+    direction one-hot, and a bag of mission words (colours and object types, so that GoToDoor and Fetch are
     solvable). A flat float vector for ``MlpPolicy``; much faster to learn from on a CPU than pixels.
+
+    :param env: a MiniGrid env
+    :param full: True: the whole grid with the agent in it (LVLM2P's student "operates on the environment's state",
+        §III); False: the agent's egocentric 7x7 view (partially observable: a teacher with the full view then knows
+        things the student cannot see, which caps how well the student can imitate it)
     """
 
-    def __init__(self, env: gym.Env):
+    def __init__(self, env: gym.Env, full: bool = True):
+        if full:
+            env = FullyObsWrapper(env)
         super().__init__(env)
         img_space = env.observation_space["image"]  # type: ignore[index]
-        self._scale = np.array(
-            [max(OBJECT_TO_IDX.values()), max(COLOR_TO_IDX.values()), max(STATE_TO_IDX.values())], dtype=np.float32
-        )
+        # state channel: door state 0..2, or the agent's direction 0..3 in the full grid
+        self._scale = np.array([max(OBJECT_TO_IDX.values()), max(COLOR_TO_IDX.values()), 3], dtype=np.float32)
         size = int(np.prod(img_space.shape)) + 4 + len(_MISSION_WORDS)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(size,), dtype=np.float32)
         self._mission: str | None = None
@@ -158,16 +164,17 @@ def make_minigrid_env(
 
     :param env_id: e.g. ``"MiniGrid-LavaGapS7-v0"``
     :param student_obs: ``"rgb_partial"`` (the agent's egocentric view as 56x56 RGB, for ``CnnPolicy``),
-        ``"rgb_full"`` (the whole grid as RGB), or ``"symbolic"`` (flat vector, see :class:`SymbolicObsWrapper`,
-        for ``MlpPolicy``; the fast choice on a CPU)
+        ``"rgb_full"`` (the whole grid as RGB), ``"symbolic"`` (the full grid state as a flat vector, LVLM2P's
+        student input, for ``MlpPolicy``; the fast choice on a CPU) or ``"symbolic_partial"`` (the egocentric view
+        as a flat vector); see :class:`SymbolicObsWrapper`
     :param teacher_tile_size: pixels per cell of the teacher's full render
     :param student_tile_size: pixels per cell of the RGB student observations
     :param render_mode: passed to ``gym.make``
     :param env_kwargs: passed to ``gym.make`` (e.g. ``max_steps``)
     """
     env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
-    if student_obs == "symbolic":
-        env = SymbolicObsWrapper(env)
+    if student_obs in ("symbolic", "symbolic_partial"):
+        env = SymbolicObsWrapper(env, full=student_obs == "symbolic")
     elif student_obs == "rgb_partial":
         env = ImgObsWrapper(RGBImgPartialObsWrapper(env, tile_size=student_tile_size))
     elif student_obs == "rgb_full":

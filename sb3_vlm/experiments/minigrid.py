@@ -35,6 +35,9 @@ PPO_KWARGS: dict[str, Any] = dict(
 #: A2C with 8 envs x 5 steps, RMSprop (SB3 defaults) and a little entropy bonus
 A2C_KWARGS: dict[str, Any] = dict(n_steps=5, learning_rate=7e-4, gamma=0.99, ent_coef=0.01)
 N_ENVS = 8
+#: the student's egocentric view as a flat vector: on LavaGap it learned far faster than the full-grid state or
+#: pixels in our runs (guided PPO reached mean return 0.9 in ~55k steps vs never in 100k with the full grid)
+STUDENT_OBS = "symbolic_partial"
 
 
 @dataclass
@@ -108,7 +111,7 @@ def build_model(
     reliability: float = 0.8,
     teacher_coef: float | CoefSchedule = 0.01,
     cache: AdviceCache | None = None,
-    student_obs: str = "symbolic",
+    student_obs: str = STUDENT_OBS,
 ) -> BaseAlgorithm:
     """Build a seeded (Guided)PPO / (Guided)A2C on ``N_ENVS`` copies of a MiniGrid task."""
     env_kwargs: dict[str, Any] = dict(env_id=env_id, student_obs=student_obs)
@@ -125,7 +128,7 @@ def build_model(
         wrapper_class=wrapper_class,
         wrapper_kwargs=wrapper_kwargs,
     )
-    policy = "MlpPolicy" if student_obs == "symbolic" else "CnnPolicy"
+    policy = "MlpPolicy" if student_obs.startswith("symbolic") else "CnnPolicy"
     if algo == "ppo":
         if guided:
             return GuidedPPO(policy, vec_env, teacher_coef=teacher_coef, seed=seed, device="cpu", **PPO_KWARGS)
@@ -157,12 +160,17 @@ def run(
 ) -> RunResult:
     """Train one model and measure it: learning curve, steps to ``threshold`` mean return, final success."""
     cache = AdviceCache()  # shared by the run's 8 envs
-    model = build_model(algo, env_id, guided, seed, reliability, teacher_coef, cache)
+    model = build_model(algo, env_id, guided, seed, reliability, teacher_coef, cache, STUDENT_OBS)
     curve = EpisodeCurveCallback()
     start = time.perf_counter()
     model.learn(total_timesteps, callback=curve, progress_bar=progress_bar)
     wall = time.perf_counter() - start
-    eval_env = make_vec_env(make_minigrid_env, n_envs=1, seed=10_000 + seed, env_kwargs=dict(env_id=env_id, student_obs="symbolic"))  # type: ignore[arg-type]
+    eval_env = make_vec_env(
+        make_minigrid_env,  # type: ignore[arg-type]
+        n_envs=1,
+        seed=10_000 + seed,
+        env_kwargs=dict(env_id=env_id, student_obs=STUDENT_OBS),
+    )
     rewards, _ = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, return_episode_rewards=True)
     rewards_arr = np.asarray(rewards, dtype=np.float64)
     result = RunResult(
