@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/minigrid_distill")
-    parser.add_argument("--quick", action="store_true", help="CI smoke: LavaGap, PPO+A2C, seed 0, r in {0.8, 0}, 3k steps")
+    parser.add_argument(
+        "--quick", action="store_true", help="CI smoke: LavaGap, PPO+A2C, seed 0, r in {0.8, 0}, 3k steps"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.reliabilities = ["LavaGap"], [0], [0.8, 0.0]
@@ -195,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             panels.setdefault(r["algo"].upper(), {}).setdefault(r["label"], []).append(
                 (r["curve_steps"], r["curve_returns"])
             )
-        plot_panels(panels, out / f"{task}.png", suptitle=f"{TASKS[task][0]} ({len(args.seeds)} seeds)",
-                    threshold=THRESHOLD)
+        plot_panels(
+            panels, out / f"{task}.png", suptitle=f"{TASKS[task][0]} ({len(args.seeds)} seeds)", threshold=THRESHOLD
+        )
     rows = summarise(runs)
     meta = dict(args=vars(args), threshold=THRESHOLD, wall_time_s=time.time() - start, tasks=TASKS)
     (out / "summary.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))

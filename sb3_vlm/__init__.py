@@ -22,9 +22,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ADVICE_INFO_KEY",
+    "Advice",
     "AdviceCache",
     "AdviceRequest",
-    "Advice",
     "AdvisedDictRolloutBuffer",
     "AdvisedRolloutBuffer",
     "Advisor",

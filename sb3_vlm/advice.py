@@ -51,7 +51,7 @@ class AdviceRequest:
         return h.hexdigest()
 
 
-@dataclass
+@dataclass(eq=False)
 class Advice:
     """
     One answer of an advisor.
@@ -71,6 +71,22 @@ class Advice:
     source: str = ""
     latency: float = 0.0
     raw: str = ""
+
+    def __eq__(self, other: object) -> bool:
+        """Equal content (arrays compared by value); ``latency`` is a measurement, not content, and is ignored."""
+        if not isinstance(other, Advice):
+            return NotImplemented
+
+        def same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+            return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+        return (
+            same(self.action, other.action)
+            and same(self.probs, other.probs)
+            and (self.valid, self.source, self.raw) == (other.valid, other.source, other.raw)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
     @classmethod
     def invalid(cls, source: str = "", raw: str = "") -> Advice:

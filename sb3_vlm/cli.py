@@ -42,8 +42,15 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = Table(title=f"{args.env}: {args.steps:,} steps, seed {args.seed}")
-    for col in ("algorithm", "final success", "final return", f"steps to mean return {args.threshold}",
-                "advisor queries", "cache hits", "wall time (s)"):
+    for col in (
+        "algorithm",
+        "final success",
+        "final return",
+        f"steps to mean return {args.threshold}",
+        "advisor queries",
+        "cache hits",
+        "wall time (s)",
+    ):
         table.add_column(col, justify="right")
     for r in results:
         reached = f"{r.steps_to_threshold:,}" if r.steps_to_threshold is not None else f"> {args.steps:,}"

@@ -139,7 +139,9 @@ class GuidedA2C(GuidedOnPolicyMixin, A2C):
 
             # sb3-vlm: LVLM2P eq. 1
             distill_loss, agreement = self._distill_loss(
-                distribution, rollout_data.advice_targets, rollout_data.advice_valid
+                distribution,
+                rollout_data.advice_targets,  # type: ignore[attr-defined]
+                rollout_data.advice_valid,  # type: ignore[attr-defined]
             )
 
             loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss + teacher_coef * distill_loss

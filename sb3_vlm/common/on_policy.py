@@ -16,7 +16,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_vlm.advice import ADVICE_INFO_KEY, advice_batch_from_infos
+from sb3_vlm.advice import advice_batch_from_infos
 from sb3_vlm.buffers import AdvisedDictRolloutBuffer, AdvisedRolloutBuffer
 from sb3_vlm.guidance.distill import advised_action_nll, kl_distill_loss, teacher_agreement, teacher_targets
 from sb3_vlm.guidance.schedules import CoefSchedule, as_coef_schedule
@@ -57,7 +57,7 @@ class GuidedOnPolicyMixin:
     # provided by the SB3 base class
     action_space: spaces.Space
     observation_space: spaces.Space
-    policy: ActorCriticPolicy
+    policy: Any
     rollout_buffer: RolloutBuffer
     rollout_buffer_class: type[RolloutBuffer] | None
     logger: Any
@@ -133,7 +133,7 @@ class GuidedOnPolicyMixin:
 
             with th.no_grad():
                 # Convert to pytorch tensor or to TensorDict
-                obs_tensor = obs_as_tensor(algo._last_obs, algo.device)
+                obs_tensor = obs_as_tensor(algo._last_obs, algo.device)  # type: ignore[arg-type]
                 actions, values, log_probs = algo.policy(obs_tensor)
             actions = actions.cpu().numpy()
 
@@ -191,7 +191,7 @@ class GuidedOnPolicyMixin:
 
         with th.no_grad():
             # Compute value for the last timestep
-            values = algo.policy.predict_values(obs_as_tensor(new_obs, algo.device))
+            values = algo.policy.predict_values(obs_as_tensor(new_obs, algo.device))  # type: ignore[arg-type]
 
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
 
@@ -221,7 +221,7 @@ class GuidedOnPolicyMixin:
         Box: ``−log π_θ(a_v|s)`` of the advised action (in env units, as PPO's Gaussian is).
         """
         if isinstance(self.action_space, spaces.Discrete):
-            log_probs = distribution.distribution.logits  # type: ignore[attr-defined]  # normalised log-probs
+            log_probs = distribution.distribution.logits  # type: ignore[union-attr]  # normalised log-probs
             targets = teacher_targets(advice_targets, self.teacher_target)
             return kl_distill_loss(targets, log_probs, advice_valid), teacher_agreement(
                 advice_targets, log_probs, advice_valid

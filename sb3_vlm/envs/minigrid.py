@@ -25,7 +25,7 @@ from sb3_vlm.advisors.base import Advisor
 try:
     import minigrid  # noqa: F401  (registers the MiniGrid-* ids)
     from minigrid.core.constants import COLOR_NAMES, COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
-    from minigrid.wrappers import FullyObsWrapper, ImgObsWrapper, RGBImgObsWrapper, RGBImgPartialObsWrapper
+    from minigrid.wrappers import FullyObsWrapper, RGBImgObsWrapper, RGBImgPartialObsWrapper
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("MiniGrid support needs the 'minigrid' extra: pip install 'sb3-vlm[minigrid]'") from exc
 
@@ -89,7 +89,7 @@ def minigrid_state(env: gym.Env) -> MiniGridState:
     )
 
 
-class MiniGridTeacherView(gym.Wrapper):
+class MiniGridTeacherView(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """
     Give the teacher a fully observable RGB render of the grid plus the mission (LVLM2P's setup).
 
@@ -99,6 +99,7 @@ class MiniGridTeacherView(gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env, tile_size: int = 8):
+        gym.utils.RecordConstructorArgs.__init__(self, tile_size=tile_size)
         super().__init__(env)
         self.tile_size = tile_size
 
@@ -115,7 +116,7 @@ class MiniGridTeacherView(gym.Wrapper):
         )
 
 
-class SymbolicObsWrapper(gym.ObservationWrapper):
+class SymbolicObsWrapper(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """
     Compact student observation: a symbolic grid (object, colour, state indices scaled to [0, 1]), the agent's
     direction one-hot, and a bag of mission words (colours and object types, so that GoToDoor and Fetch are
@@ -128,10 +129,12 @@ class SymbolicObsWrapper(gym.ObservationWrapper):
     """
 
     def __init__(self, env: gym.Env, full: bool = True):
-        if full:
-            env = FullyObsWrapper(env)
+        gym.utils.RecordConstructorArgs.__init__(self, full=full)
         super().__init__(env)
-        img_space = env.observation_space["image"]  # type: ignore[index]
+        # FullyObsWrapper's transform is used in place (not as a wrapper) so that the env stays re-creatable
+        source = FullyObsWrapper(env) if full else env
+        self._full_view = source.observation if isinstance(source, FullyObsWrapper) else None
+        img_space = source.observation_space["image"]  # type: ignore[index]
         # state channel: door state 0..2, or the agent's direction 0..3 in the full grid
         self._scale = np.array([max(OBJECT_TO_IDX.values()), max(COLOR_TO_IDX.values()), 3], dtype=np.float32)
         size = int(np.prod(img_space.shape)) + 4 + len(_MISSION_WORDS)
@@ -140,6 +143,8 @@ class SymbolicObsWrapper(gym.ObservationWrapper):
         self._mission_vec = np.zeros(len(_MISSION_WORDS), dtype=np.float32)
 
     def observation(self, observation: dict[str, Any]) -> np.ndarray:
+        if self._full_view is not None:
+            observation = self._full_view(observation)
         image = observation["image"].astype(np.float32) / self._scale
         direction = np.zeros(4, dtype=np.float32)
         direction[int(observation["direction"])] = 1.0
@@ -149,6 +154,27 @@ class SymbolicObsWrapper(gym.ObservationWrapper):
             self._mission_vec = np.array([w in words for w in _MISSION_WORDS], dtype=np.float32)
             self._mission = mission
         return np.concatenate([image.reshape(-1), direction, self._mission_vec])
+
+
+class RGBObsWrapper(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """
+    RGB student observation: MiniGrid's egocentric (``partial=True``) or whole-grid RGB render as a bare image.
+    (MiniGrid's own RGB wrappers cannot be re-created from an env spec, which Gymnasium's ``check_env`` needs.)
+
+    :param env: a MiniGrid env
+    :param partial: the agent's view (True) or the full grid (False)
+    :param tile_size: pixels per cell
+    """
+
+    def __init__(self, env: gym.Env, partial: bool = True, tile_size: int = 8):
+        gym.utils.RecordConstructorArgs.__init__(self, partial=partial, tile_size=tile_size)
+        inner = RGBImgPartialObsWrapper(env, tile_size) if partial else RGBImgObsWrapper(env, tile_size)
+        super().__init__(env)
+        self._render = inner.observation
+        self.observation_space = inner.observation_space["image"]  # type: ignore[index]
+
+    def observation(self, observation: dict[str, Any]) -> np.ndarray:
+        return self._render(observation)["image"]
 
 
 def make_minigrid_env(
@@ -175,10 +201,8 @@ def make_minigrid_env(
     env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
     if student_obs in ("symbolic", "symbolic_partial"):
         env = SymbolicObsWrapper(env, full=student_obs == "symbolic")
-    elif student_obs == "rgb_partial":
-        env = ImgObsWrapper(RGBImgPartialObsWrapper(env, tile_size=student_tile_size))
-    elif student_obs == "rgb_full":
-        env = ImgObsWrapper(RGBImgObsWrapper(env, tile_size=student_tile_size))
+    elif student_obs in ("rgb_partial", "rgb_full"):
+        env = RGBObsWrapper(env, partial=student_obs == "rgb_partial", tile_size=student_tile_size)
     else:
         raise ValueError(f"student_obs must be 'symbolic', 'rgb_partial' or 'rgb_full', got {student_obs!r}")
     return MiniGridTeacherView(env, tile_size=teacher_tile_size)
@@ -291,7 +315,10 @@ def optimal_actions(state: MiniGridState) -> list[int]:
     d = state.agent_dir
     here = int(dist[x, y, d])
     if here < 0:
-        return []
+        # DynamicObstacles: moving balls can block every route for a moment; turning in place is the safe way to
+        # wait (moving forward into a ball ends the episode with -1)
+        moving_obstacles = state.task == "goal" and bool((state.grid[..., 0] == OBJECT_TO_IDX["ball"]).any())
+        return [LEFT, RIGHT] if moving_obstacles else []
     if here == 0:
         return [goal.final_action] if goal.final_action is not None else []
     w, h = dist.shape[:2]
@@ -310,9 +337,10 @@ class MiniGridOracle(Advisor):
     """
     Scripted perfect teacher for MiniGrid: soft probabilities over the actions that start a shortest plan.
 
-    Supports Empty, FourRooms-free goal tasks (LavaGap, LavaCrossing, SimpleCrossing, DynamicObstacles — moving
-    obstacles are treated as walls at their current cells), DoorKey (key, door, goal), GoToDoor (reach a cell next
-    to the named door, then ``done``) and Fetch (face the named object, then ``pick up``). Reads the planning
+    Supports goal-reaching tasks (Empty, LavaGap, LavaCrossing, SimpleCrossing, DynamicObstacles — moving obstacles
+    are walls at their current cells, and the oracle says "turn" to wait when they block every route), DoorKey
+    (key, door, goal), GoToDoor (reach a cell next to the named door, then ``done``) and Fetch (face the named
+    object, then ``pick up``). Reads the planning
     state from ``AdviceRequest.state`` (see :class:`MiniGridTeacherView`); answers ``valid=False`` when the request
     has no state, the task is unsupported, or no plan exists.
 

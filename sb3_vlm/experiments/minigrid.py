@@ -125,7 +125,7 @@ def build_model(
         n_envs=N_ENVS,
         seed=seed,
         env_kwargs=env_kwargs,
-        wrapper_class=wrapper_class,
+        wrapper_class=wrapper_class,  # type: ignore[arg-type]
         wrapper_kwargs=wrapper_kwargs,
     )
     policy = "MlpPolicy" if student_obs.startswith("symbolic") else "CnnPolicy"

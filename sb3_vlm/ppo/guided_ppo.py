@@ -186,7 +186,9 @@ class GuidedPPO(GuidedOnPolicyMixin, PPO):
 
                 # sb3-vlm: LVLM2P eq. 1, distillation toward the teacher on rows with advice
                 distill_loss, agreement = self._distill_loss(
-                    distribution, rollout_data.advice_targets, rollout_data.advice_valid
+                    distribution,
+                    rollout_data.advice_targets,  # type: ignore[attr-defined]
+                    rollout_data.advice_valid,  # type: ignore[attr-defined]
                 )
                 distill_losses.append(distill_loss.item())
                 agreements.append(agreement.item())

@@ -38,7 +38,7 @@ def default_teacher_view(env: gym.Env, obs: Any) -> AdviceRequest:
     )
 
 
-class VLMAdviceWrapper(gym.Wrapper):
+class VLMAdviceWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """
     Ask an advisor about the observations the agent acts on and put the answer in ``info``.
 
@@ -68,6 +68,9 @@ class VLMAdviceWrapper(gym.Wrapper):
         cache: AdviceCache | str | os.PathLike[str] | None = None,
         info_key: str = ADVICE_INFO_KEY,
     ):
+        gym.utils.RecordConstructorArgs.__init__(
+            self, advisor=advisor, query_every=query_every, teacher_view=teacher_view, cache=cache, info_key=info_key
+        )
         super().__init__(env)
         if query_every < 1:
             raise ValueError(f"query_every must be >= 1, got {query_every}")

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import pickle
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from gymnasium import spaces
+
+from sb3_vlm.advice import Advice, AdviceRequest
+from sb3_vlm.advisors import AdviceCache, CachedAdvisor, CallableAdvisor
+
+
+def _request(i: int) -> AdviceRequest:
+    img = np.full((2, 2, 3), i % 256, dtype=np.uint8)
+    return AdviceRequest(image=img, context={"i": i}, action_space=spaces.Discrete(2))
+
+
+def test_cached_advisor_queries_only_misses(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def fn(r: AdviceRequest) -> Advice:
+        calls.append(r.context["i"])
+        return Advice(probs=np.array([0.3, 0.7]))
+
+    advisor = CachedAdvisor(CallableAdvisor(fn, name="f"), tmp_path / "c.sqlite")
+    advisor.advise([_request(0), _request(1)])
+    out = advisor.advise([_request(1), _request(2), _request(0)])
+    assert calls == [0, 1, 2]
+    assert advisor.stats.cache_hits == 2 and advisor.stats.cache_misses == 3 and advisor.stats.queries == 3
+    np.testing.assert_allclose(out[0].probs, [0.3, 0.7])
+    assert out[0].latency == 0.0
+
+
+def test_invalid_answers_are_not_cached(tmp_path: Path) -> None:
+    answers = iter([None, np.array([0.5, 0.5])])
+    advisor = CachedAdvisor(CallableAdvisor(lambda r: next(answers), name="g"), AdviceCache(tmp_path / "c.sqlite"))
+    assert not advisor.advise([_request(0)])[0].valid
+    assert advisor.advise([_request(0)])[0].valid  # asked again, not served the failure
+    assert len(advisor.cache) == 1
+
+
+def test_cache_survives_process_restart(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        from sb3_vlm.advice import Advice
+        from sb3_vlm.advisors import AdviceCache
+        cache = AdviceCache({str(path)!r})
+        cache.put("k", Advice(probs=np.array([0.1, 0.9]), source="first-process"))
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    cache = AdviceCache(path)
+    got = cache.get("k")
+    assert got is not None and got.source == "first-process"
+    np.testing.assert_allclose(got.probs, [0.1, 0.9])
+    assert cache.get("missing") is None
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_values_are_stored_as_json_not_pickle(tmp_path: Path) -> None:
+    cache = AdviceCache(tmp_path / "c.sqlite")
+    cache.put("k", Advice(action=np.array([1.0]), raw="hello"))
+    value = sqlite3.connect(tmp_path / "c.sqlite").execute("SELECT value FROM advice").fetchone()[0]
+    assert value.startswith("{") and '"raw": "hello"' in value
+
+
+def test_two_writer_processes_share_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite"
+    script = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        from sb3_vlm.advice import Advice
+        from sb3_vlm.advisors import AdviceCache
+        cache = AdviceCache(sys.argv[1])
+        for i in range(300):
+            cache.put(f"{sys.argv[2]}-{i}", Advice(probs=np.array([i, 1.0])))
+            cache.put("common", Advice(probs=np.array([1.0, 1.0]), source=sys.argv[2]))
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), name]) for name in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    cache = AdviceCache(path)
+    assert len(cache) == 601
+    for name in ("a", "b"):
+        got = cache.get(f"{name}-299")
+        assert got is not None and got.probs[0] == 299
+
+
+def test_cache_pickles_without_its_connection(tmp_path: Path) -> None:
+    cache = AdviceCache(tmp_path / "c.sqlite")
+    cache.put("k", Advice(action=np.array([2.0])))
+    clone = pickle.loads(pickle.dumps(cache))
+    got = clone.get("k")
+    assert got is not None and got.action[0] == 2.0

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import warnings
+import zipfile
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from sb3_vlm import GuidedA2C, GuidedPPO, KickstartingCoef
+from sb3_vlm.advice import Advice, AdviceRequest
+from sb3_vlm.advisors import CallableAdvisor, ConstantAdvisor, NoisyAdvisor
+from sb3_vlm.buffers import AdvisedDictRolloutBuffer, AdvisedRolloutBuffer
+from sb3_vlm.envs.minigrid import MiniGridOracle, make_minigrid_env
+from sb3_vlm.experiments.minigrid import run
+from sb3_vlm.wrappers import VLMAdviceWrapper
+
+ALGOS = [(GuidedPPO, dict(n_steps=32, batch_size=32, n_epochs=2)), (GuidedA2C, dict(n_steps=8))]
+
+
+def _minigrid(student_obs: str = "symbolic_partial", reliability: float = 1.0, env_id: str = "MiniGrid-Empty-5x5-v0"):
+    def _init():
+        advisor = MiniGridOracle() if reliability >= 1 else NoisyAdvisor(MiniGridOracle(), reliability, seed=0)
+        return VLMAdviceWrapper(make_minigrid_env(env_id, student_obs=student_obs), advisor=advisor)
+
+    return _init
+
+
+@pytest.mark.parametrize("algo, kwargs", ALGOS)
+@pytest.mark.parametrize("policy, student_obs", [("MlpPolicy", "symbolic_partial"), ("CnnPolicy", "rgb_partial")])
+def test_smoke_and_logger_keys(algo, kwargs, policy: str, student_obs: str) -> None:
+    env = make_vec_env(_minigrid(student_obs), n_envs=2, seed=0)
+    model = algo(policy, env, seed=0, device="cpu", **kwargs).learn(64)
+    logged = model.logger.name_to_value
+    for key in ("train/distill_loss", "train/teacher_coef", "train/advice_valid_frac", "train/teacher_agreement"):
+        assert key in logged
+    assert logged["train/advice_valid_frac"] == 1.0
+    assert logged["train/distill_loss"] > 0
+    assert isinstance(model.rollout_buffer, AdvisedRolloutBuffer)
+
+
+def test_multi_input_policy_uses_dict_buffer() -> None:
+    def _init():
+        from minigrid.wrappers import RGBImgPartialObsWrapper
+
+        env = RGBImgPartialObsWrapper(gym.make("MiniGrid-Empty-5x5-v0"))  # 56x56 RGB: big enough for NatureCNN
+        env = gym.wrappers.FilterObservation(env, ["image", "direction"])
+        return VLMAdviceWrapper(env, advisor=MiniGridOracle(), teacher_view=lambda e, o: _full_view(e))
+
+    model = GuidedPPO("MultiInputPolicy", make_vec_env(_init, n_envs=2), n_steps=16, batch_size=32, n_epochs=1)
+    model.learn(32)
+    assert isinstance(model.rollout_buffer, AdvisedDictRolloutBuffer)
+    assert model.logger.name_to_value["train/advice_valid_frac"] == 1.0
+
+
+def _full_view(env: gym.Env) -> AdviceRequest:
+    from sb3_vlm.envs.minigrid import MiniGridTeacherView
+
+    return MiniGridTeacherView(env).teacher_request()
+
+
+@pytest.mark.parametrize("algo, base, kwargs", [(GuidedPPO, PPO, ALGOS[0][1]), (GuidedA2C, A2C, ALGOS[1][1])])
+def test_without_advice_equals_the_base_algorithm(algo, base, kwargs) -> None:
+    """Our copies of collect_rollouts/train add only the guidance term: with no advice the result is bit-identical."""
+    params = []
+    for cls in (algo, base):
+        env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = cls("MlpPolicy", env, seed=0, device="cpu", **kwargs).learn(128)
+        params.append(th.nn.utils.parameters_to_vector(model.policy.parameters()).detach())
+    assert th.equal(params[0], params[1])
+
+
+def test_warns_when_env_gives_no_advice() -> None:
+    with pytest.warns(UserWarning, match="received no advice"):
+        GuidedPPO("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16, n_epochs=1).learn(16)
+
+
+def test_teacher_coef_schedule_is_applied() -> None:
+    env = make_vec_env(_minigrid(), n_envs=2, seed=0)
+    model = GuidedA2C("MlpPolicy", env, n_steps=4, teacher_coef=KickstartingCoef(1.0, decay=0.5, cutoff=3), seed=0)
+    coefs = []
+    for _ in range(4):
+        model.learn(8, reset_num_timesteps=False)
+        coefs.append(model.logger.name_to_value["train/teacher_coef"])
+    assert coefs == [1.0, 0.5, 0.25, 0.0]
+
+
+def test_hard_vs_soft_targets_give_different_losses() -> None:
+    losses = {}
+    for target in ("soft", "hard"):
+        env = make_vec_env(_minigrid(), n_envs=2, seed=0)
+        model = GuidedPPO("MlpPolicy", env, n_steps=16, batch_size=32, n_epochs=1, teacher_target=target, seed=0)
+        model.learn(32)
+        losses[target] = model.logger.name_to_value["train/distill_loss"]
+    # the oracle's soft targets have entropy; a near-uniform initial student is closer to them than to one-hots
+    assert losses["hard"] > losses["soft"] > 0
+    with pytest.raises(ValueError):
+        GuidedPPO("MlpPolicy", "CartPole-v1", teacher_target="medium")
+
+
+def test_save_load_identical_predictions_and_no_advisor_in_zip(tmp_path: Path) -> None:
+    env = make_vec_env(_minigrid(reliability=0.8), n_envs=2, seed=0)
+    model = GuidedPPO("MlpPolicy", env, n_steps=32, batch_size=64, n_epochs=1, teacher_coef=0.3, seed=0).learn(64)
+    path = tmp_path / "student.zip"
+    model.save(path)
+    loaded = GuidedPPO.load(path, device="cpu")  # no env, no advisor
+    assert loaded.teacher_coef == 0.3 and loaded.teacher_target == "soft"
+    obs = np.stack(
+        [make_minigrid_env("MiniGrid-Empty-5x5-v0", student_obs="symbolic_partial").reset(seed=s)[0] for s in range(10)]
+    )
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    with zipfile.ZipFile(path) as zf:
+        blob = b"".join(zf.read(n) for n in zf.namelist())
+    for name in (b"MiniGridOracle", b"NoisyAdvisor", b"AdviceCache"):
+        assert name not in blob
+    # the plain SB3 class loads the student too: the saved policy never needs sb3-vlm's teacher
+    PPO.load(path, device="cpu").predict(obs[:1])
+
+
+def test_box_actions_are_pulled_toward_the_advised_action() -> None:
+    """Continuous actions: −log π(a_v|s) moves PPO's Gaussian mean toward the advised action."""
+
+    def _init():
+        return VLMAdviceWrapper(
+            gym.make("Pendulum-v1"),
+            ConstantAdvisor(1.5),
+            teacher_view=lambda e, o: AdviceRequest(image=None, context={"o": o.tolist()}),
+        )
+
+    env = make_vec_env(_init, n_envs=2, seed=0)
+    model = GuidedPPO(
+        "MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=5, teacher_coef=5.0, seed=0, learning_rate=3e-3
+    )
+    obs = np.stack([gym.make("Pendulum-v1").reset(seed=s)[0] for s in range(20)])
+    before = model.predict(obs, deterministic=True)[0].mean()
+    model.learn(1024)
+    after = model.predict(obs, deterministic=True)[0].mean()
+    assert abs(after - 1.5) < abs(before - 1.5) - 0.5
+
+
+def test_invalid_and_nan_advice_is_masked_not_trained_on() -> None:
+    answers = iter(lambda: None, 1)  # infinite iterator
+
+    def flaky(request: AdviceRequest) -> Advice:
+        next(answers)
+        return Advice(probs=np.array([np.nan, 0.5, 0.5]))
+
+    def _init():
+        env = gym.make("CartPole-v1")
+        return VLMAdviceWrapper(
+            env,
+            CallableAdvisor(flaky, "nan"),
+            teacher_view=lambda e, o: AdviceRequest(image=None, context={"o": o.tolist()}),
+        )
+
+    model = GuidedPPO("MlpPolicy", make_vec_env(_init, n_envs=2), n_steps=16, batch_size=32, n_epochs=1).learn(32)
+    assert model.logger.name_to_value["train/advice_valid_frac"] == 0.0
+    assert model.logger.name_to_value["train/distill_loss"] == 0.0
+
+
+def test_guided_ppo_with_oracle_beats_ppo_on_a_small_minigrid_task() -> None:
+    """Seeded learning check (LavaGapS5, 10k steps): distilling the oracle solves it, plain PPO does not yet."""
+    env_id = "MiniGrid-LavaGapS5-v0"
+    guided = run(
+        "ppo", env_id, True, seed=0, total_timesteps=10_000, reliability=1.0, teacher_coef=0.5, eval_episodes=20
+    )
+    plain = run("ppo", env_id, False, seed=0, total_timesteps=10_000, eval_episodes=20)
+    assert guided.final_success >= 0.9
+    assert guided.final_success > plain.final_success + 0.5
+    assert guided.curve_returns[-1] > plain.curve_returns[-1] + 0.3
+    assert guided.advisor_queries + guided.cache_hits == 10_000 - 0 or guided.advisor_queries > 0

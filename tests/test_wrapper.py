@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from sb3_vlm import GuidedPPO
+from sb3_vlm.advice import Advice, AdviceRequest
+from sb3_vlm.advisors import CallableAdvisor
+from sb3_vlm.wrappers import VLMAdviceWrapper
+from tests.helpers import CounterEnv, counter_view
+
+
+def _echo(request: AdviceRequest) -> Advice:
+    """Advice that names the observation it was computed for: action = episode * 100 + step."""
+    episode, t = request.state
+    return Advice(action=np.array([episode * 100 + t], dtype=np.float32), source="echo")
+
+
+def _collect(query_every: int, n_envs: int = 2, n_steps: int = 40) -> GuidedPPO:
+    def make(i: int):
+        def _init():
+            env = CounterEnv()
+            env.reset(seed=i)
+            return VLMAdviceWrapper(
+                env, CallableAdvisor(_echo, "echo"), query_every=query_every, teacher_view=counter_view
+            )
+
+        return _init
+
+    vec = DummyVecEnv([make(i) for i in range(n_envs)])
+    vec.seed(0)
+    model = GuidedPPO("MlpPolicy", vec, n_steps=n_steps, batch_size=n_steps * n_envs, seed=0, device="cpu")
+    _, callback = model._setup_learn(n_steps * n_envs, None)
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=n_steps)
+    return model
+
+
+def test_advice_is_aligned_with_the_observation_acted_on_across_auto_resets() -> None:
+    model = _collect(query_every=1)
+    buf = model.rollout_buffer
+    obs = buf.observations  # (n_steps, n_envs, 2): the observation each action was taken on
+    assert buf.episode_starts[1:].sum() >= 8  # several auto-resets happened in both envs
+    assert buf.advice_valid.all()
+    np.testing.assert_array_equal(buf.advice_targets[..., 0], obs[..., 0] * 100 + obs[..., 1])
+
+
+def test_query_every_masks_skipped_steps() -> None:
+    model = _collect(query_every=3)
+    buf = model.rollout_buffer
+    t = buf.observations[..., 1]
+    np.testing.assert_array_equal(buf.advice_valid, (t % 3 == 0).astype(np.float32))
+    valid = buf.advice_valid > 0
+    np.testing.assert_array_equal(buf.advice_targets[valid][:, 0], (buf.observations[..., 0] * 100 + t)[valid])
+
+
+def test_terminal_observations_are_not_queried() -> None:
+    seen: list[tuple[float, float]] = []
+
+    def record(request: AdviceRequest) -> Advice:
+        seen.append(tuple(request.state))
+        return _echo(request)
+
+    env = CounterEnv()
+    wrapped = VLMAdviceWrapper(env, CallableAdvisor(record, "rec"), teacher_view=counter_view)
+    wrapped.reset(seed=0)
+    done, steps = False, 0
+    while not done:
+        _, _, done, _, info = wrapped.step(env.action_space.sample())
+        steps += 1
+        assert info["vlm_advice"].action[0] == seen[steps - 1][0] * 100 + seen[steps - 1][1]
+    assert len(seen) == steps  # one query per observation acted on, none for the terminal one
+    assert wrapped.current_advice is None
+
+
+def test_wrapper_passes_check_env_and_validates_arguments() -> None:
+    def view(env, obs):
+        return AdviceRequest(image=None, context={"obs": obs.tolist()})
+
+    check_env(VLMAdviceWrapper(gym.make("CartPole-v1"), CallableAdvisor(lambda r: 1, "one"), teacher_view=view))
+    with pytest.raises(ValueError):
+        VLMAdviceWrapper(CounterEnv(), CallableAdvisor(_echo), query_every=0)
+    with pytest.raises(TypeError):
+        VLMAdviceWrapper(CounterEnv(), advisor=lambda r: None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="teacher view"):
+        VLMAdviceWrapper(CounterEnv(), CallableAdvisor(_echo)).reset()
