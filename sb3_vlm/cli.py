@@ -17,7 +17,7 @@ def _demo(args: argparse.Namespace) -> int:
     from sb3_vlm.experiments.plotting import plot_learning_curves
 
     th.set_num_threads(1)  # small MLPs: one thread is fastest and leaves a core for the envs
-    console = Console()
+    console = Console(width=max(Console().width, 130))  # keep the table on one line per run in CI logs
     console.print(
         f"[bold]sb3-vlm demo[/bold]: PPO vs GuidedPPO on {args.env}, teacher = MiniGrid oracle made "
         f"{args.reliability:.0%} reliable, {args.steps:,} env steps each, seed {args.seed}. No API key needed."

@@ -119,7 +119,9 @@ def build_model(
     wrapper_kwargs = None
     if guided:
         wrapper_class = VLMAdviceWrapper
-        wrapper_kwargs = dict(advisor=make_advisor(reliability, seed), cache=cache or AdviceCache())
+        wrapper_kwargs = dict(
+            advisor=make_advisor(reliability, seed), cache=cache if cache is not None else AdviceCache()
+        )
     vec_env = make_vec_env(
         make_minigrid_env,  # type: ignore[arg-type]
         n_envs=N_ENVS,

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from sb3_vlm.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_writes_table_png_and_json(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--steps", "2048", "--no-progress", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "GuidedPPO" in out and "cache hits" in out
+    png = tmp_path / "demo_learning_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    results = json.loads((tmp_path / "demo_results.json").read_text())
+    assert [r["guided"] for r in results] == [False, True]
+    guided = results[1]
+    # every step of the guided run got advice, from the advisor or from the cache
+    assert guided["advisor_queries"] > 0 and guided["cache_hits"] > 0
+    assert guided["advisor_queries"] == guided["distinct_views"]  # the cache never asks twice for one view
+
+
+def test_benchmark_quick_smoke(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "minigrid_distill.py"),
+        "--quick",
+        "--steps",
+        "1024",
+        "--out",
+        str(tmp_path),
+    ]
+    subprocess.run(cmd, check=True, timeout=600, cwd=ROOT)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    labels = {(r["algo"], r["label"]) for r in summary["rows"]}
+    assert ("ppo", "unguided") in labels and ("a2c", "guided r=0.8") in labels
+    assert (tmp_path / "LavaGap.png").stat().st_size > 10_000
+    runs = json.loads((tmp_path / "LavaGap.json").read_text())
+    assert len(runs) == 6 and all(r["curve_steps"] for r in runs)
