@@ -31,9 +31,9 @@ import numpy as np
 TASKS: dict[str, tuple[str, int]] = {
     # name: (env id, env steps per run)
     "LavaGap": ("MiniGrid-LavaGapS7-v0", 150_000),
-    "DynamicObstacles": ("MiniGrid-Dynamic-Obstacles-5x5-v0", 60_000),
-    "Fetch": ("MiniGrid-Fetch-5x5-N2-v0", 80_000),
-    "GoToDoor": ("MiniGrid-GoToDoor-5x5-v0", 80_000),
+    "DynamicObstacles": ("MiniGrid-Dynamic-Obstacles-5x5-v0", 50_000),
+    "Fetch": ("MiniGrid-Fetch-5x5-N2-v0", 60_000),
+    "GoToDoor": ("MiniGrid-GoToDoor-5x5-v0", 60_000),
 }
 THRESHOLD = 0.9
 
@@ -46,6 +46,13 @@ def _configs(algos: list[str], reliabilities: list[float]) -> list[dict[str, Any
             schedule = "annealed" if rel == 0.0 else "constant"
             configs.append(dict(algo=algo, guided=True, reliability=rel, schedule=schedule))
     return configs
+
+
+def _job_key(job: dict[str, Any]) -> tuple[Any, ...]:
+    """Identity of a run (a job or its result): resuming skips the jobs whose key is already in runs.jsonl."""
+    steps = job.get("steps", job.get("total_timesteps"))
+    rel = job["reliability"] if job["guided"] else None
+    return (job["task"], job["algo"], job["guided"], rel, job["schedule"] if job["guided"] else "", job["seed"], steps)
 
 
 def _label(cfg: dict[str, Any]) -> str:
@@ -151,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="CI smoke: LavaGap, PPO+A2C, seed 0, r in {0.8, 0}, 3k steps"
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="write JSON/PNG/summary from the runs already in runs.jsonl"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.reliabilities = ["LavaGap"], [0], [0.8, 0.0]
@@ -174,18 +184,28 @@ def main(argv: list[str] | None = None) -> int:
                 )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"{len(jobs)} runs on {args.workers} workers -> {out}")
+    # every finished run is appended to runs.jsonl at once: an interrupted benchmark resumes where it stopped
+    log = out / "runs.jsonl"
+    runs: list[dict[str, Any]] = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    done = {_job_key(r) for r in runs}
+    todo = [] if args.report_only else [j for j in jobs if _job_key(j) not in done]
+    print(f"{len(todo)} runs to do ({len(jobs) - len(todo)} already in {log}) on {args.workers} workers")
     start = time.time()
-    runs: list[dict[str, Any]] = []
-    with mp.get_context("fork").Pool(args.workers) as pool:
-        for i, r in enumerate(pool.imap_unordered(_worker, jobs), 1):
-            runs.append(r)
-            reached = r["steps_to_threshold"] if r["steps_to_threshold"] is not None else "never"
-            print(
-                f"[{i}/{len(jobs)} {time.time() - start:5.0f}s] {r['task']} {r['algo']} {r['label']} seed {r['seed']}:"
-                f" {THRESHOLD} at {reached}, final success {r['final_success']:.2f}",
-                flush=True,
-            )
+    if todo:
+        with mp.get_context("fork").Pool(args.workers) as pool, log.open("a") as sink:
+            for i, r in enumerate(pool.imap_unordered(_worker, todo), 1):
+                runs.append(r)
+                sink.write(json.dumps(r) + "\n")
+                sink.flush()
+                reached = r["steps_to_threshold"] if r["steps_to_threshold"] is not None else "never"
+                print(
+                    f"[{i}/{len(todo)} {time.time() - start:5.0f}s] {r['task']} {r['algo']} {r['label']} "
+                    f"seed {r['seed']}: {THRESHOLD} at {reached}, final success {r['final_success']:.2f}",
+                    flush=True,
+                )
+    wanted = {_job_key(j) for j in jobs}
+    runs = [r for r in runs if _job_key(r) in wanted or args.report_only]
+    args.tasks = [t for t in args.tasks if any(r["task"] == t for r in runs)]
 
     from sb3_vlm.experiments.plotting import plot_panels
 
@@ -201,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             panels, out / f"{task}.png", suptitle=f"{TASKS[task][0]} ({len(args.seeds)} seeds)", threshold=THRESHOLD
         )
     rows = summarise(runs)
-    meta = dict(args=vars(args), threshold=THRESHOLD, wall_time_s=time.time() - start, tasks=TASKS)
+    meta = dict(args=vars(args), threshold=THRESHOLD, runs=len(runs), tasks=TASKS)
     (out / "summary.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     (out / "summary.md").write_text(_markdown(rows))
     print(_markdown(rows))

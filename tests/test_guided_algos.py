@@ -174,4 +174,5 @@ def test_guided_ppo_with_oracle_beats_ppo_on_a_small_minigrid_task() -> None:
     assert guided.final_success >= 0.9
     assert guided.final_success > plain.final_success + 0.5
     assert guided.curve_returns[-1] > plain.curve_returns[-1] + 0.3
-    assert guided.advisor_queries + guided.cache_hits == 10_000 - 0 or guided.advisor_queries > 0
+    # the cache asks the teacher once per distinct view and serves the repeats
+    assert 0 < guided.advisor_queries == guided.distinct_views < guided.cache_hits

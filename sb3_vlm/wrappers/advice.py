@@ -38,7 +38,7 @@ def default_teacher_view(env: gym.Env, obs: Any) -> AdviceRequest:
     )
 
 
-class VLMAdviceWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
+class VLMAdviceWrapper(gym.Wrapper):
     """
     Ask an advisor about the observations the agent acts on and put the answer in ``info``.
 
@@ -68,9 +68,8 @@ class VLMAdviceWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         cache: AdviceCache | str | os.PathLike[str] | None = None,
         info_key: str = ADVICE_INFO_KEY,
     ):
-        gym.utils.RecordConstructorArgs.__init__(
-            self, advisor=advisor, query_every=query_every, teacher_view=teacher_view, cache=cache, info_key=info_key
-        )
+        # Not a RecordConstructorArgs wrapper on purpose: Gymnasium deep-copies recorded arguments whenever `env.spec`
+        # is read, and an advisor may hold a multi-GB model or an API client. So the env spec cannot re-create it.
         super().__init__(env)
         if query_every < 1:
             raise ValueError(f"query_every must be >= 1, got {query_every}")
