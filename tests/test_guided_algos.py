@@ -176,3 +176,24 @@ def test_guided_ppo_with_oracle_beats_ppo_on_a_small_minigrid_task() -> None:
     assert guided.curve_returns[-1] > plain.curve_returns[-1] + 0.3
     # the cache asks the teacher once per distinct view and serves the repeats
     assert 0 < guided.advisor_queries == guided.distinct_views < guided.cache_hits
+
+
+def test_subprocess_envs_share_a_cache_file(tmp_path: Path) -> None:
+    """Advice crosses process boundaries (SubprocVecEnv pickles infos) and both workers write one SQLite cache."""
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    from sb3_vlm.advisors import AdviceCache
+
+    path = tmp_path / "advice.sqlite"
+
+    def _init():
+        env = make_minigrid_env("MiniGrid-Empty-5x5-v0", student_obs="symbolic_partial")
+        return VLMAdviceWrapper(env, advisor=MiniGridOracle(), cache=path)
+
+    vec = make_vec_env(_init, n_envs=2, seed=0, vec_env_cls=SubprocVecEnv, vec_env_kwargs=dict(start_method="fork"))
+    model = GuidedA2C("MlpPolicy", vec, n_steps=16, seed=0).learn(64)
+    assert model.logger.name_to_value["train/advice_valid_frac"] == 1.0
+    stats = vec.get_attr("advisor_stats")
+    assert all(s.queries > 0 for s in stats)
+    vec.close()
+    assert len(AdviceCache(path)) >= max(s.queries for s in stats)
