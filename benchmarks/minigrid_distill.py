@@ -109,12 +109,22 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 cache_hits_mean=float(np.mean([r["cache_hits"] for r in rs])),
             )
         )
+
+    def steps_by_seed(task: str, algo: str, label: str) -> dict[int, int]:
+        return {
+            r["seed"]: r["steps_to_threshold"] if r["steps_to_threshold"] is not None else r["total_timesteps"]
+            for r in groups[(task, algo, label)]
+        }
+
     base = {(r["task"], r["algo"]): r for r in rows if r["label"] == "unguided"}
     for r in rows:
         b = base.get((r["task"], r["algo"]))
         if b is None or r["label"] == "unguided":
             r["speedup"] = None
             continue
+        unguided = steps_by_seed(r["task"], r["algo"], "unguided")
+        guided = steps_by_seed(r["task"], r["algo"], r["label"])
+        r["speedup_per_seed"] = {seed: unguided[seed] / max(g, 1) for seed, g in guided.items() if seed in unguided}
         r["speedup"] = b["steps_to_threshold_mean"] / max(r["steps_to_threshold_mean"], 1.0)
         # the unguided runs that never reached the target make the ratio a lower bound
         r["speedup_is_lower_bound"] = b["reached"] < b["seeds"]
@@ -125,8 +135,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         f"| task | algo | config | seeds reaching {THRESHOLD} | steps to mean return {THRESHOLD} | unguided / guided "
-        "| final success | queries | cache hits |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| per seed | final success | queries | cache hits |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         speed = ""
@@ -138,6 +148,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['task']} | {r['algo']} | {r['label']} | {r['reached']}/{r['seeds']} "
             f"| {r['steps_to_threshold_mean']:,.0f} ± {r['steps_to_threshold_std']:,.0f} | {speed} "
+            f"| {' / '.join(f'{v:.1f}' for v in r.get('speedup_per_seed', {}).values())} "
             f"| {r['final_success_mean']:.2f} ± {r['final_success_std']:.2f} "
             f"| {r['advisor_queries_mean']:,.0f} | {r['cache_hits_mean']:,.0f} |"
         )
@@ -189,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     done = {_job_key(r) for r in runs}
     todo = [] if args.report_only else [j for j in jobs if _job_key(j) not in done]
-    print(f"{len(todo)} runs to do ({len(jobs) - len(todo)} already in {log}) on {args.workers} workers")
+    if not args.report_only:
+        print(f"{len(todo)} runs to do ({len(jobs) - len(todo)} already in {log}) on {args.workers} workers")
     start = time.time()
     if todo:
         with mp.get_context("fork").Pool(args.workers) as pool, log.open("a") as sink:
