@@ -226,6 +226,11 @@ class GuidedOnPolicyMixin:
             return kl_distill_loss(targets, log_probs, advice_valid), teacher_agreement(
                 advice_targets, log_probs, advice_valid
             )
+        if self.policy.squash_output:
+            # gSDE with squashing: the distribution lives in [-1, 1], the advice in env units (as SB3 scales actions)
+            low = th.as_tensor(self.action_space.low, device=advice_targets.device, dtype=advice_targets.dtype)
+            high = th.as_tensor(self.action_space.high, device=advice_targets.device, dtype=advice_targets.dtype)
+            advice_targets = 2.0 * (advice_targets - low) / (high - low) - 1.0
         advised_log_prob = distribution.log_prob(advice_targets)
         # agreement for continuous actions is not a meaningful count: report the fraction of valid rows instead
         return advised_action_nll(advised_log_prob, advice_valid), advice_valid.float().mean()
