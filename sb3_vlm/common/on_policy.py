@@ -226,6 +226,7 @@ class GuidedOnPolicyMixin:
             return kl_distill_loss(targets, log_probs, advice_valid), teacher_agreement(
                 advice_targets, log_probs, advice_valid
             )
+        assert isinstance(self.action_space, spaces.Box)
         if self.policy.squash_output:
             # gSDE with squashing: the distribution lives in [-1, 1], the advice in env units (as SB3 scales actions)
             low = th.as_tensor(self.action_space.low, device=advice_targets.device, dtype=advice_targets.dtype)
