@@ -67,7 +67,7 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
     from sb3_vlm.experiments.minigrid import annealed_schedule, run
 
     th.set_num_threads(1)
-    coef: Any = annealed_schedule() if job["schedule"] == "annealed" else job["teacher_coef"]
+    coef: Any = annealed_schedule(job["teacher_coef"]) if job["schedule"] == "annealed" else job["teacher_coef"]
     result = run(
         job["algo"],
         job["env_id"],
@@ -140,7 +140,9 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         speed = ""
-        if r["speedup"] is not None:
+        if r["speedup"] is not None and r["reached"] == 0:
+            speed = "n/a"  # the guided runs never reached the target: no ratio to report
+        elif r["speedup"] is not None:
             prefix = "≥ " if r.get("speedup_is_lower_bound") and not r.get("speedup_is_upper_bound") else ""
             prefix = "≤ " if r.get("speedup_is_upper_bound") and not r.get("speedup_is_lower_bound") else prefix
             prefix = "~ " if r.get("speedup_is_upper_bound") and r.get("speedup_is_lower_bound") else prefix

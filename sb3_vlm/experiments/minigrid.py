@@ -142,9 +142,12 @@ def build_model(
     raise ValueError(f"algo must be 'ppo' or 'a2c', got {algo!r}")
 
 
-def annealed_schedule() -> KickstartingCoef:
-    """Kickstarting anneal used against unreliable teachers: λ 1 → ×0.9 per update → 0, cut off after 60 updates."""
-    return KickstartingCoef(initial=1.0, decay=0.9, floor=0.0, cutoff=60)
+def annealed_schedule(initial: float = 0.05) -> KickstartingCoef:
+    """Kickstarting anneal used against unreliable teachers: λ starts at the constant runs' value, × 0.97 per update,
+    cut off after 60 updates (~61k steps with 8 envs x 128 steps). A first version started at λ = 1 with × 0.9; with
+    an always-wrong teacher its early push (Σλ ≈ 10) left PPO on LavaGap well below unguided PPO (0.16 vs 0.43
+    final success over 3 seeds), so the anneal now starts where the constant schedule is (Σλ ≈ 1.4)."""
+    return KickstartingCoef(initial=initial, decay=0.97, floor=0.0, cutoff=60)
 
 
 def run(
