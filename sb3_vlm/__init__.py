@@ -1,5 +1,6 @@
 """sb3-vlm: train small Stable-Baselines3 policies with advice from vision-language models."""
 
+import importlib
 from typing import Any
 
 from sb3_vlm.a2c import GuidedA2C
@@ -45,9 +46,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # MiniGrid is an optional extra: import it only when asked for
-    if name in ("MiniGridOracle", "make_minigrid_env", "MiniGridTeacherView"):
-        from sb3_vlm.envs import minigrid
-
-        return getattr(minigrid, name)
+    # MiniGrid is an optional extra: sb3_vlm.envs imports it only when one of its names is asked for
+    envs = importlib.import_module("sb3_vlm.envs")  # not `from sb3_vlm import envs`: that re-enters __getattr__
+    if name in envs.__all__:
+        return getattr(envs, name)
     raise AttributeError(f"module 'sb3_vlm' has no attribute {name!r}")

@@ -129,3 +129,13 @@ def test_teacher_sees_the_full_render_and_mission() -> None:
     np.testing.assert_array_equal(
         req.image, env.unwrapped.grid.render(8, env.unwrapped.agent_pos, env.unwrapped.agent_dir)
     )
+
+
+def test_top_level_lazy_exports() -> None:
+    import sb3_vlm
+    from sb3_vlm.envs import minigrid
+
+    assert sb3_vlm.make_minigrid_env is minigrid.make_minigrid_env
+    assert sb3_vlm.MiniGridOracle is minigrid.MiniGridOracle
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        sb3_vlm.nope  # noqa: B018

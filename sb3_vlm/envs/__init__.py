@@ -10,4 +10,4 @@ def __getattr__(name: str) -> Any:
         from sb3_vlm.envs import minigrid
 
         return getattr(minigrid, name)
-    raise AttributeError(name)
+    raise AttributeError(f"module 'sb3_vlm.envs' has no attribute {name!r}")
