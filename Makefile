@@ -30,6 +30,8 @@ test: install-dev lint
 
 bench-quick: install-dev
 	$(PY) benchmarks/minigrid_distill.py --quick --out benchmarks/results/quick
+	$(PY) benchmarks/sac_guidance.py --quick --out benchmarks/results/quick
+	$(PY) benchmarks/sac_update_cost.py --quick --out benchmarks/results/quick
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache

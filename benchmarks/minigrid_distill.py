@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -198,27 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # every finished run is appended to runs.jsonl at once: an interrupted benchmark resumes where it stopped
-    log = out / "runs.jsonl"
-    runs: list[dict[str, Any]] = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    done = {_job_key(r) for r in runs}
-    todo = [] if args.report_only else [j for j in jobs if _job_key(j) not in done]
-    if not args.report_only:
-        print(f"{len(todo)} runs to do ({len(jobs) - len(todo)} already in {log}) on {args.workers} workers")
-    start = time.time()
-    if todo:
-        with mp.get_context("fork").Pool(args.workers) as pool, log.open("a") as sink:
-            for i, r in enumerate(pool.imap_unordered(_worker, todo), 1):
-                runs.append(r)
-                sink.write(json.dumps(r) + "\n")
-                sink.flush()
-                reached = r["steps_to_threshold"] if r["steps_to_threshold"] is not None else "never"
-                print(
-                    f"[{i}/{len(todo)} {time.time() - start:5.0f}s] {r['task']} {r['algo']} {r['label']} "
-                    f"seed {r['seed']}: {THRESHOLD} at {reached}, final success {r['final_success']:.2f}",
-                    flush=True,
-                )
-    wanted = {_job_key(j) for j in jobs}
-    runs = [r for r in runs if _job_key(r) in wanted or args.report_only]
+    from sb3_vlm.experiments.runner import run_jobs
+
+    def describe(r: dict[str, Any]) -> str:
+        reached = r["steps_to_threshold"] if r["steps_to_threshold"] is not None else "never"
+        return (
+            f"{r['task']} {r['algo']} {r['label']} seed {r['seed']}: {THRESHOLD} at {reached}, "
+            f"final success {r['final_success']:.2f}"
+        )
+
+    runs = run_jobs(jobs, _worker, _job_key, out / "runs.jsonl", args.workers, args.report_only, describe)
     args.tasks = [t for t in args.tasks if any(r["task"] == t for r in runs)]
 
     from sb3_vlm.experiments.plotting import plot_panels

@@ -14,9 +14,16 @@ from sb3_vlm.advisors import (
     NoisyAdvisor,
     RandomAdvisor,
 )
-from sb3_vlm.buffers import AdvisedDictRolloutBuffer, AdvisedRolloutBuffer
+from sb3_vlm.buffers import (
+    AdvisedDictReplayBuffer,
+    AdvisedDictRolloutBuffer,
+    AdvisedReplayBuffer,
+    AdvisedRolloutBuffer,
+)
 from sb3_vlm.guidance import ConstantCoef, KickstartingCoef, LinearDecayCoef
+from sb3_vlm.policies import AdviceCritic
 from sb3_vlm.ppo import GuidedPPO
+from sb3_vlm.sac import GuidedSAC, RandomAlternatingExploration, pretrain_advice_critic
 from sb3_vlm.wrappers import VLMAdviceWrapper
 
 __version__ = "0.1.0"
@@ -25,8 +32,11 @@ __all__ = [
     "ADVICE_INFO_KEY",
     "Advice",
     "AdviceCache",
+    "AdviceCritic",
     "AdviceRequest",
+    "AdvisedDictReplayBuffer",
     "AdvisedDictRolloutBuffer",
+    "AdvisedReplayBuffer",
     "AdvisedRolloutBuffer",
     "Advisor",
     "CachedAdvisor",
@@ -35,13 +45,19 @@ __all__ = [
     "ConstantCoef",
     "GuidedA2C",
     "GuidedPPO",
+    "GuidedSAC",
     "KickstartingCoef",
     "LinearDecayCoef",
     "MiniGridOracle",
     "NoisyAdvisor",
+    "PendulumSwingUpOracle",
     "RandomAdvisor",
+    "RandomAlternatingExploration",
     "VLMAdviceWrapper",
     "make_minigrid_env",
+    "make_pendulum_env",
+    "make_pixel_env",
+    "pretrain_advice_critic",
 ]
 
 

@@ -41,3 +41,32 @@ def test_benchmark_quick_smoke(tmp_path: Path) -> None:
     assert (tmp_path / "LavaGap.png").stat().st_size > 10_000
     runs = json.loads((tmp_path / "LavaGap.json").read_text())
     assert len(runs) == 6 and all(r["curve_steps"] for r in runs)
+
+
+def test_sac_benchmarks_quick_smoke(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sac_guidance.py"), "--quick", "--out", str(tmp_path)],
+        check=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {(r["method"], r["advisor"]) for r in summary["rows"]} == {
+        ("sac", "-"),
+        ("erpv", "oracle"),
+        ("varl", "oracle"),
+    }
+    erpv = next(r for r in summary["rows"] if r["method"] == "erpv")
+    assert erpv["critic_steps"] == 300 and "final_within_10pct_of_sac" in erpv
+    assert (tmp_path / "pendulum.png").stat().st_size > 10_000
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    assert len(runs) == 3 and all(len(r["curve_steps"]) == 2 for r in runs)
+
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sac_update_cost.py"), "--quick", "--out", str(tmp_path)],
+        check=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    cost = json.loads((tmp_path / "update_cost.json").read_text())["results"]["mlp"]
+    assert {"sac (SB3)", "guided erpv", "guided varl"} <= set(cost) and all(v > 0 for v in cost.values())

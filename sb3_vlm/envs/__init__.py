@@ -1,13 +1,23 @@
 """Environments with teacher views. MiniGrid needs the ``minigrid`` extra (imported lazily)."""
 
+import importlib
 from typing import Any
 
-__all__ = ["MiniGridOracle", "MiniGridTeacherView", "make_minigrid_env"]
+_MODULES = {
+    "minigrid": ["MiniGridOracle", "MiniGridTeacherView", "make_minigrid_env"],
+    "pendulum": [
+        "PendulumSwingUpOracle",
+        "PendulumTeacherView",
+        "PixelObservation",
+        "make_pendulum_env",
+        "make_pixel_env",
+    ],
+}
+__all__ = sorted(name for names in _MODULES.values() for name in names)
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from sb3_vlm.envs import minigrid
-
-        return getattr(minigrid, name)
+    for module, names in _MODULES.items():
+        if name in names:
+            return getattr(importlib.import_module(f"sb3_vlm.envs.{module}"), name)
     raise AttributeError(f"module 'sb3_vlm.envs' has no attribute {name!r}")

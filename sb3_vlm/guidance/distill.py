@@ -11,8 +11,9 @@ def masked_mean(values: th.Tensor, valid: th.Tensor) -> th.Tensor:
 
     The result stays attached to the graph in both cases, so ``backward()`` always works.
     """
-    mask = (valid > 0).to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    mask = valid > 0
+    # where(), not values * mask: a masked row holding inf/NaN must not poison the mean
+    return th.where(mask, values, th.zeros_like(values)).sum() / mask.sum().clamp(min=1).to(values.dtype)
 
 
 def teacher_targets(teacher_probs: th.Tensor, target: str = "soft") -> th.Tensor:

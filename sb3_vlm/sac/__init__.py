@@ -1,0 +1,15 @@
+from stable_baselines3.sac.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+
+from sb3_vlm.sac.advice_critic import pretrain_advice_critic
+from sb3_vlm.sac.exploration import RandomAlternatingExploration
+from sb3_vlm.sac.guided_sac import METHOD_PRESETS, GuidedSAC
+
+__all__ = [
+    "METHOD_PRESETS",
+    "CnnPolicy",
+    "GuidedSAC",
+    "MlpPolicy",
+    "MultiInputPolicy",
+    "RandomAlternatingExploration",
+    "pretrain_advice_critic",
+]

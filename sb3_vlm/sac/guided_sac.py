@@ -1,0 +1,638 @@
+"""GuidedSAC: SAC guided by advised actions (ERPv's VPG + VER, VARL's gated BC, COVR/DPL/APL action MSE)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal, TypeVar, cast
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import SAC
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
+from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.sac.policies import SACPolicy
+from torch.nn import functional as F
+
+from sb3_vlm.advice import ADVICE_INFO_KEY, advice_to_target
+from sb3_vlm.buffers import AdvisedDictReplayBuffer, AdvisedReplayBuffer, AdvisedReplayBufferSamples
+from sb3_vlm.guidance.actor_guidance import (
+    action_confidence,
+    alpha_regulariser,
+    alpha_target,
+    bc_gate,
+    clip_for_log_prob,
+    gated_bc_loss,
+    gaussian_transition_loss,
+    value_aware_factor,
+    weighted_action_mse,
+)
+from sb3_vlm.guidance.schedules import CoefSchedule, LinearDecayCoef, as_coef_schedule
+from sb3_vlm.policies.advice_critic import AdviceCritic
+from sb3_vlm.policies.transition import TransitionModel
+from sb3_vlm.sac.exploration import RandomAlternatingExploration
+
+SelfGuidedSAC = TypeVar("SelfGuidedSAC", bound="GuidedSAC")
+
+Guidance = Literal["vpg", "gated_bc", "mse", "annealed_mse", "random_gate", "none"]
+GUIDANCES: tuple[str, ...] = ("vpg", "gated_bc", "mse", "annealed_mse", "random_gate", "none")
+
+#: each method's defaults; any explicit argument overrides them
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    # ERPv: VPG with λ1 = 10 and VER with λ2 = 10 (§4.1, appendix E.2)
+    "erpv": dict(guidance="vpg", guidance_coef=10.0, ver=True),
+    # VARL: gated BC, λ in the robust 10-50 range (lower end), removed after N_s = 30k steps, batches of advised rows
+    "varl": dict(guidance="gated_bc", guidance_coef=10.0, ver=False, guidance_cutoff=30_000, advice_batch=True),
+    # COVR eq. 4 and DPL: λ‖a_v − a_r‖² with λ = 2 (COVR §4, CARLA; COVR uses λ = 1 on DMControl)
+    "covr": dict(guidance="mse", guidance_coef=2.0, ver=False),
+    "dpl": dict(guidance="mse", guidance_coef=2.0, ver=False),
+    # APL: λ = 2, −0.01 every 200 training steps, floor 0.1 (COVR appendix)
+    "apl": dict(guidance="annealed_mse", guidance_coef=None, ver=False),
+    # ERPv's RSF baseline: ERPv with a random Q_f ~ U[0, 1] (the VPG ablation; VER kept)
+    "rsf": dict(guidance="random_gate", guidance_coef=10.0, ver=True),
+    "sac": dict(guidance="none", guidance_coef=0.0, ver=False),
+}
+
+
+class GuidedSAC(SAC):
+    """
+    Soft Actor-Critic whose actor (and entropy coefficient) are guided by advised actions from
+    :class:`~sb3_vlm.wrappers.VLMAdviceWrapper` (``info["vlm_advice"]``), stored next to each transition by
+    :class:`~sb3_vlm.buffers.AdvisedReplayBuffer`. The saved policy is a plain SAC policy.
+
+    Methods (``method=``), each a preset of the arguments below:
+
+    - ``"erpv"``: ERPv (Xu et al., "Enhancing Visual RL with Partially Reliable Knowledge from VLMs"). VPG, eq. 3-4:
+      ``L_π + λ1 · mean_i Q_f,i ‖a_v,i − a_r,i‖²`` with ``Q_f = max(0, scale(Q_v) − scale(Q_r))``, Q_v from a frozen
+      advice critic C_V (:func:`~sb3_vlm.sac.pretrain_advice_critic`), Q_r from the RL critic; VER, eq. 5-7 and
+      12-14: a transition model T on the critic's features gives ``G = 1/‖s_{t+1} − T(s_t, a_v)‖²``, a target
+      ``ᾱ`` and the α loss ``L_α + λ2 (α − ᾱ)²``.
+    - ``"varl"``: VARL (arXiv 2509.21126): gated behaviour cloning ``−log π(a_v|s)`` where the policy's greedy action
+      is not already the advised one, removed after ``guidance_cutoff`` (N_s = 30k) steps.
+    - ``"covr"`` / ``"dpl"``: ``λ ‖a_v − a_r‖²`` with λ = 2 (COVR eq. 4; COVR's VLM fine-tuning is a callback).
+    - ``"apl"``: the same with λ annealed 2 → −0.01 per 200 gradient steps → 0.1.
+    - ``"rsf"``: ERPv with a random ``Q_f ~ U[0, 1]`` (ERPv's RSF baseline). ``"sac"``: no guidance.
+
+    ERPv's ablations (table 3): M1 ``guidance="none"``; M2 ``guidance="mse", guidance_coef=10`` (VPG without Q_f);
+    M3 ``ver=False``; M4 ``ver_confidence="action_mse"``; M5 ``ver_confidence="policy_action"``; M6
+    ``alpha_zero_after=50_000``; M7 ``ver_alpha_loss=False``; M8 ``ver_next_state="predicted"``; M9
+    ``advice_critic="rl"``.
+
+    All SAC arguments are those of :class:`stable_baselines3.SAC`; ``n_steps > 1`` is not supported. Extra arguments
+    (``None`` means the method's default):
+
+    :param method: ``"erpv"`` (default), ``"varl"``, ``"covr"``, ``"dpl"``, ``"apl"``, ``"rsf"`` or ``"sac"``
+    :param guidance: actor guidance: ``"vpg"``, ``"gated_bc"``, ``"mse"``, ``"annealed_mse"``, ``"random_gate"``,
+        ``"none"``
+    :param guidance_coef: λ (λ1 for VPG): a float or a :class:`~sb3_vlm.guidance.CoefSchedule` of the number of
+        gradient steps
+    :param guidance_cutoff: environment steps after which the guidance term is dropped (VARL's N_s). ``None``: the
+        method's default (30k for VARL, never otherwise); ``0`` or negative: never
+    :param advice_critic: ERPv's C_V: an :class:`~sb3_vlm.policies.AdviceCritic`; ``"rl"`` uses the RL critic on
+        purpose (ablation M9); ``None`` falls back to the RL critic with a warning when VPG is used
+    :param ver: VLM-guided entropy regularisation (needs ``ent_coef="auto"``)
+    :param ver_coef: λ2 of eq. 7
+    :param ver_alpha_target: ``"decreasing"`` (``ᾱ = sigmoid(−G)``, the behaviour ERPv describes) or ``"paper"``
+        (the printed ``sigmoid(G)``); see :func:`~sb3_vlm.guidance.actor_guidance.alpha_target`
+    :param ver_confidence: ``"transition"`` (eq. 6), ``"action_mse"`` (M4: ``G = 1/‖a_v − a_r‖²``) or
+        ``"policy_action"`` (M5: the policy's action in place of a_v)
+    :param ver_next_state: ``"observed"`` s_{t+1} (default) or ``"predicted"`` ``T(s_t, a_r)`` (M8)
+    :param ver_alpha_loss: keep SAC's own α loss next to the VER term (``False`` is M7)
+    :param alpha_zero_after: force α to 0 from this many environment steps on (M6); ``None``: never
+    :param transition_net_arch: hidden layers of the transition model (default ``[256]``, about ERPv's decoder
+        size)
+    :param bc_loss: gated BC as ``"nll"`` (``−log π(a_v|s)``, advised actions pulled inside the bounds by 1e-3) or
+        ``"mse"`` (squared distance to the policy's mean action, defined at the bounds)
+    :param bc_gate_threshold: RMS distance (in [-1, 1] action units) between the advised and the greedy action
+        below which the policy "already agrees" and BC is off
+    :param advice_batch: draw the guidance batch only from transitions that carry advice (VARL's small guidance
+        buffer; useful when the advisor is queried rarely), instead of the SAC batch
+    :param advice_warmup: during ``learning_starts``, act with the advised action where there is one, instead of
+        uniform noise (ERPv C.5 and COVR do this); off by default
+    :param advice_exploration: act with the advisor's actions in some phases of training, e.g.
+        :class:`~sb3_vlm.sac.RandomAlternatingExploration` (used to pre-train C_V)
+    :param advice_key: the info key of the advice
+    """
+
+    advice_critic: AdviceCritic | None
+    transition_model: TransitionModel | None
+    transition_optimizer: th.optim.Optimizer | None
+    replay_buffer: AdvisedReplayBuffer | AdvisedDictReplayBuffer  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        policy: str | type[SACPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        buffer_size: int = 1_000_000,
+        learning_starts: int = 100,
+        batch_size: int = 256,
+        tau: float = 0.005,
+        gamma: float = 0.99,
+        train_freq: int | tuple[int, str] = 1,
+        gradient_steps: int = 1,
+        action_noise: ActionNoise | None = None,
+        replay_buffer_class: type[ReplayBuffer] | None = None,
+        replay_buffer_kwargs: dict[str, Any] | None = None,
+        optimize_memory_usage: bool = False,
+        n_steps: int = 1,
+        ent_coef: str | float = "auto",
+        target_update_interval: int = 1,
+        target_entropy: str | float = "auto",
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        use_sde_at_warmup: bool = False,
+        method: str = "erpv",
+        guidance: Guidance | None = None,
+        guidance_coef: float | CoefSchedule | None = None,
+        guidance_cutoff: int | None = None,
+        advice_critic: AdviceCritic | Literal["rl"] | None = None,
+        ver: bool | None = None,
+        ver_coef: float = 10.0,
+        ver_alpha_target: Literal["decreasing", "paper"] = "decreasing",
+        ver_confidence: Literal["transition", "action_mse", "policy_action"] = "transition",
+        ver_next_state: Literal["observed", "predicted"] = "observed",
+        ver_alpha_loss: bool = True,
+        alpha_zero_after: int | None = None,
+        transition_net_arch: list[int] | None = None,
+        bc_loss: Literal["nll", "mse"] = "nll",
+        bc_gate_threshold: float = 0.1,
+        advice_batch: bool | None = None,
+        advice_warmup: bool = False,
+        advice_exploration: RandomAlternatingExploration | None = None,
+        advice_key: str = ADVICE_INFO_KEY,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        if method not in METHOD_PRESETS:
+            raise ValueError(f"method must be one of {sorted(METHOD_PRESETS)}, got {method!r}")
+        preset = METHOD_PRESETS[method]
+        guidance = preset["guidance"] if guidance is None else guidance
+        if guidance not in GUIDANCES:
+            raise ValueError(f"guidance must be one of {GUIDANCES}, got {guidance!r}")
+        if guidance_coef is None:
+            guidance_coef = preset["guidance_coef"] if preset["guidance"] == guidance else None
+        if guidance_coef is None:
+            guidance_coef = LinearDecayCoef() if guidance == "annealed_mse" else 10.0 if guidance != "mse" else 2.0
+        as_coef_schedule(guidance_coef)  # validate before building anything
+        if guidance_cutoff is None:
+            guidance_cutoff = preset.get("guidance_cutoff")
+        for name, value, allowed in (
+            ("ver_alpha_target", ver_alpha_target, ("decreasing", "paper")),
+            ("ver_confidence", ver_confidence, ("transition", "action_mse", "policy_action")),
+            ("ver_next_state", ver_next_state, ("observed", "predicted")),
+            ("bc_loss", bc_loss, ("nll", "mse")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if advice_critic is not None and advice_critic != "rl" and not isinstance(advice_critic, AdviceCritic):
+            raise TypeError(f"advice_critic must be an AdviceCritic, 'rl' or None, got {type(advice_critic).__name__}")
+        if n_steps != 1:
+            raise ValueError("GuidedSAC does not support n-step returns (n_steps > 1) yet")
+
+        self.method = method
+        self.guidance = guidance
+        self.guidance_coef = guidance_coef
+        self.guidance_cutoff = guidance_cutoff if guidance_cutoff is not None and guidance_cutoff > 0 else None
+        self.ver = bool(preset["ver"] if ver is None else ver)
+        self.ver_coef = float(ver_coef)
+        self.ver_alpha_target = ver_alpha_target
+        self.ver_confidence = ver_confidence
+        self.ver_next_state = ver_next_state
+        self.ver_alpha_loss = ver_alpha_loss
+        self.alpha_zero_after = alpha_zero_after
+        self.transition_net_arch = transition_net_arch
+        self.bc_loss = bc_loss
+        self.bc_gate_threshold = float(bc_gate_threshold)
+        self.advice_batch = bool(preset.get("advice_batch", False) if advice_batch is None else advice_batch)
+        self.advice_warmup = advice_warmup
+        self.advice_exploration = advice_exploration
+        self.advice_key = advice_key
+        #: set False to hold the guidance loss off (e.g. COVR's cold start before the first fine-tuning rounds)
+        self.guidance_enabled = True
+        # the module itself is excluded from the zip's data; its constructor kwargs are not, to rebuild it on load
+        self.advice_critic = advice_critic if isinstance(advice_critic, AdviceCritic) else None
+        self.advice_critic_kwargs = self.advice_critic.constructor_kwargs() if self.advice_critic is not None else None
+        self.use_rl_critic_for_advice = advice_critic == "rl"
+        self.transition_model = None
+        self.transition_optimizer = None
+        self.n_advised_actions = 0
+        self._advice_seen: bool | None = None
+
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            buffer_size=buffer_size,
+            learning_starts=learning_starts,
+            batch_size=batch_size,
+            tau=tau,
+            gamma=gamma,
+            train_freq=train_freq,
+            gradient_steps=gradient_steps,
+            action_noise=action_noise,
+            replay_buffer_class=replay_buffer_class,
+            replay_buffer_kwargs=replay_buffer_kwargs,
+            optimize_memory_usage=optimize_memory_usage,
+            n_steps=n_steps,
+            ent_coef=ent_coef,
+            target_update_interval=target_update_interval,
+            target_entropy=target_entropy,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            use_sde_at_warmup=use_sde_at_warmup,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+        )
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        if self.replay_buffer_class is None:
+            dict_obs = isinstance(self.observation_space, spaces.Dict)
+            self.replay_buffer_class = AdvisedDictReplayBuffer if dict_obs else AdvisedReplayBuffer
+        if not issubclass(self.replay_buffer_class, (AdvisedReplayBuffer, AdvisedDictReplayBuffer)):
+            raise TypeError(
+                "GuidedSAC needs a replay buffer that stores advice (AdvisedReplayBuffer / AdvisedDictReplayBuffer), "
+                f"got {self.replay_buffer_class.__name__}"
+            )
+        self.replay_buffer_kwargs = {"advice_key": self.advice_key, **self.replay_buffer_kwargs}
+        super()._setup_model()
+
+        if self.ver and self.log_ent_coef is None:
+            raise ValueError("VER regularises a learned entropy coefficient: use ent_coef='auto' or pass ver=False")
+        if self.advice_critic is None and self.advice_critic_kwargs is not None:
+            # loading a saved model: rebuild C_V so set_parameters() can fill in its weights
+            self.advice_critic = AdviceCritic(**self.advice_critic_kwargs)
+        if self.advice_critic is not None:
+            self.advice_critic = self.advice_critic.to(self.device).freeze()
+        elif self.guidance == "vpg" and not self.use_rl_critic_for_advice:
+            warnings.warn(
+                "GuidedSAC(guidance='vpg') without an advice critic: Q_v comes from the RL critic (ERPv ablation M9). "
+                "Pre-train one with sb3_vlm.sac.pretrain_advice_critic(), or pass advice_critic='rl' to silence this.",
+                stacklevel=2,
+            )
+        if self.ver:
+            features_dim = self.critic.features_extractor.features_dim
+            action_dim = int(np.prod(self.action_space.shape))  # type: ignore[arg-type]
+            self.transition_model = TransitionModel(features_dim, action_dim, self.transition_net_arch).to(self.device)
+            self.transition_optimizer = self.policy.optimizer_class(  # type: ignore[call-arg]
+                self.transition_model.parameters(), lr=self.lr_schedule(1), **self.policy.optimizer_kwargs
+            )
+
+    # ------------------------------------------------------------------ acting
+
+    def _advised_actions_now(self, n_envs: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Advice for the observations about to be acted on (from the wrapper's ``current_advice``), env units."""
+        assert self.env is not None
+        try:
+            advices = self.env.get_attr("current_advice")
+        except AttributeError:
+            warnings.warn("advice_warmup/advice_exploration need a VLMAdviceWrapper in the env; disabled", stacklevel=3)
+            self.advice_warmup, self.advice_exploration = False, None
+            return None
+        rows = [advice_to_target(a, self.action_space) for a in advices]
+        return np.stack([r[0] for r in rows]), np.asarray([r[1] for r in rows], dtype=bool)
+
+    def _sample_action(
+        self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        action, buffer_action = super()._sample_action(learning_starts, action_noise, n_envs)
+        use_advice = np.zeros(n_envs, dtype=bool)
+        if self.advice_warmup and self.num_timesteps < learning_starts:
+            use_advice[:] = True
+        if self.advice_exploration is not None:
+            use_advice |= self.advice_exploration.advisor_mask(n_envs)
+        if use_advice.any():
+            advised = self._advised_actions_now(n_envs)
+            if advised is not None:
+                targets, valid = advised
+                replace = use_advice & valid  # no advice here: keep the policy's (or warm-up's random) action
+                action, buffer_action = action.copy(), buffer_action.copy()
+                action[replace] = targets[replace]
+                buffer_action[replace] = self.policy.scale_action(targets[replace])
+                self.n_advised_actions += int(replace.sum())
+        return action, buffer_action
+
+    def _store_transition(self, replay_buffer, buffer_action, new_obs, reward, dones, infos) -> None:  # type: ignore[no-untyped-def]
+        if self._advice_seen is None:
+            self._advice_seen = any(self.advice_key in info for info in infos)
+            if not self._advice_seen and self.guidance != "none":
+                warnings.warn(
+                    f"No '{self.advice_key}' in the env's infos: wrap the env in sb3_vlm.VLMAdviceWrapper. "
+                    "Until advice arrives GuidedSAC trains as plain SAC.",
+                    stacklevel=2,
+                )
+        if self.advice_exploration is not None:
+            self.advice_exploration.step(dones)
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+
+    # ------------------------------------------------------------------ guidance terms
+
+    @property
+    def guidance_active(self) -> bool:
+        """Whether the guidance loss is applied now (method, cold-start switch and cutoff)."""
+        if self.guidance == "none" or not self.guidance_enabled:
+            return False
+        return self.guidance_cutoff is None or self.num_timesteps < self.guidance_cutoff
+
+    @property
+    def current_guidance_coef(self) -> float:
+        return float(as_coef_schedule(self.guidance_coef)(self._n_updates, self._current_progress_remaining))
+
+    def _critic_features(self, obs: PyTorchObs) -> th.Tensor:
+        with th.no_grad():
+            return self.critic.extract_features(obs, self.critic.features_extractor)
+
+    def _advice_q(self, obs: PyTorchObs, advice_actions: th.Tensor) -> th.Tensor:
+        """Q_v = C_V(o, a_v) (ERPv §3.3 step 2), or the RL critic's when there is no C_V (M9)."""
+        if self.advice_critic is not None:
+            return self.advice_critic.q_value(obs, advice_actions)
+        with th.no_grad():
+            return th.min(th.cat(self.critic(obs, advice_actions), dim=1), dim=1, keepdim=True)[0]
+
+    def _guidance_loss(
+        self,
+        obs: PyTorchObs,
+        actions_pi: th.Tensor,
+        min_qf_pi: th.Tensor,
+        advice: th.Tensor,
+        valid: th.Tensor,
+        dist_params: tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]],
+    ) -> tuple[th.Tensor, dict[str, float]]:
+        """The actor's guidance term on one batch; ``dist_params`` are π(·|obs)'s (mean, log_std, kwargs)."""
+        stats: dict[str, float] = {}
+        if self.guidance in ("vpg", "random_gate"):
+            if self.guidance == "vpg":
+                q_f = value_aware_factor(min_qf_pi, self._advice_q(obs, advice), valid)
+            else:  # RSF: Q_f ~ U[0, 1]
+                q_f = th.rand(valid.shape, device=valid.device) * (valid > 0)
+            n_valid = max(float((valid > 0).sum()), 1.0)
+            stats["q_f_mean"] = float(q_f.sum()) / n_valid
+            stats["q_f_active_frac"] = float(((q_f > 0) & (valid > 0)).sum()) / n_valid
+            return weighted_action_mse(advice, actions_pi, valid, q_f), stats
+        if self.guidance in ("mse", "annealed_mse"):
+            return weighted_action_mse(advice, actions_pi, valid), stats
+        assert self.guidance == "gated_bc"
+        # rebuilt from the parameters: SAC's target computation has since pointed action_dist at π(·|s')
+        mean_actions, log_std, dist_kwargs = dist_params
+        dist = self.actor.action_dist.proba_distribution(mean_actions, log_std, **dist_kwargs)
+        greedy = dist.mode()
+        gate = bc_gate(advice, greedy, valid, self.bc_gate_threshold)
+        if self.bc_loss == "nll":
+            per_row = -dist.log_prob(clip_for_log_prob(advice))
+        else:
+            per_row = ((advice - greedy) ** 2).sum(dim=1)
+        stats["bc_gate_frac"] = float(gate.sum()) / max(float((valid > 0).sum()), 1.0)
+        return gated_bc_loss(per_row, gate, valid), stats
+
+    def _ver_alpha_target(
+        self, features: th.Tensor, next_features: th.Tensor, advice: th.Tensor, actions_pi: th.Tensor
+    ) -> th.Tensor:
+        """ᾱ per row (ERPv eq. 6, 14 and the target of eq. 7), with the M4/M5/M8 variants. No gradient."""
+        assert self.transition_model is not None
+        with th.no_grad():
+            if self.ver_confidence == "action_mse":  # M4
+                confidence = action_confidence(advice, actions_pi)
+            else:
+                compared = actions_pi if self.ver_confidence == "policy_action" else advice  # M5 / eq. 6
+                predicted, _ = self.transition_model(features, compared)
+                if self.ver_next_state == "predicted":  # M8
+                    reference, _ = self.transition_model(features, actions_pi)
+                else:
+                    reference = next_features
+                confidence = action_confidence(predicted, reference)
+            return alpha_target(confidence, self.ver_alpha_target)
+
+    # ------------------------------------------------------------------ training
+
+    def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        """
+        Adapted from ``SAC.train`` (SB3 2.x). Additions are marked ``sb3-vlm``: the transition model's update, the VER
+        term in the α loss, M6's α = 0, and the guidance term in the actor loss. The critic update is SB3's.
+        """
+        # Switch to train mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(True)
+        # Update optimizers learning rate
+        optimizers = [self.actor.optimizer, self.critic.optimizer]
+        if self.ent_coef_optimizer is not None:
+            optimizers += [self.ent_coef_optimizer]
+        if self.transition_optimizer is not None:  # sb3-vlm
+            optimizers += [self.transition_optimizer]
+
+        # Update learning rate according to lr schedule
+        self._update_learning_rate(optimizers)
+
+        ent_coef_losses, ent_coefs = [], []
+        actor_losses, critic_losses = [], []
+        # sb3-vlm
+        guide = self.guidance_active
+        coef = self.current_guidance_coef if guide else 0.0
+        logs: dict[str, list[float]] = {}
+
+        def log(key: str, value: float) -> None:
+            logs.setdefault(key, []).append(value)
+
+        for gradient_step in range(gradient_steps):
+            # Sample replay buffer
+            replay_data = cast(  # sb3-vlm: the advised buffers' samples carry the advice columns
+                AdvisedReplayBufferSamples, self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+            )
+            # For n-step replay, discount factor is gamma**n_steps (when no early termination)
+            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+            valid = replay_data.advice_valid  # sb3-vlm
+            log("advice_valid_frac", float(valid.mean()))
+
+            # We need to sample because `log_std` may have changed between two gradient steps
+            if self.use_sde:
+                self.actor.reset_noise()
+
+            # Action by the current actor for the sampled state
+            # sb3-vlm: SAC's actor.action_log_prob() in two steps, so action_dist keeps π(·|s) for gated BC
+            mean_actions, log_std, dist_kwargs = self.actor.get_action_dist_params(replay_data.observations)
+            actions_pi, log_prob = self.actor.action_dist.log_prob_from_params(mean_actions, log_std, **dist_kwargs)
+            log_prob = log_prob.reshape(-1, 1)
+
+            # sb3-vlm: ERPv's transition model (eq. 12) on the critic's features, and VER's target ᾱ (eq. 6, 14)
+            alpha_tgt = None
+            if self.transition_model is not None and self.transition_optimizer is not None:
+                features = self._critic_features(replay_data.observations)
+                next_features = self._critic_features(replay_data.next_observations)
+                mu, log_sigma = self.transition_model(features, replay_data.actions)
+                transition_loss = gaussian_transition_loss(mu, log_sigma, next_features).mean()
+                self.transition_optimizer.zero_grad()
+                transition_loss.backward()
+                self.transition_optimizer.step()
+                log("transition_loss", transition_loss.item())
+                if bool((valid > 0).any()):
+                    alpha_tgt = self._ver_alpha_target(features, next_features, replay_data.advice_actions, actions_pi)
+                    log("alpha_target", float(alpha_tgt[valid > 0].mean()))
+
+            ent_coef_loss = None
+            if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+                # Important: detach the variable from the graph
+                # so we don't change it with other losses
+                # see https://github.com/rail-berkeley/softlearning/issues/60
+                ent_coef = th.exp(self.log_ent_coef.detach())
+                assert isinstance(self.target_entropy, float)
+                ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
+                # sb3-vlm: VER, ERPv eq. 7: L_α + λ2 E[(α − ᾱ)²] (M7 drops L_α)
+                if alpha_tgt is not None:
+                    ver_loss = alpha_regulariser(th.exp(self.log_ent_coef), alpha_tgt, valid)
+                    log("ver_loss", ver_loss.item())
+                    ent_coef_loss = (ent_coef_loss if self.ver_alpha_loss else 0.0) + self.ver_coef * ver_loss
+                ent_coef_losses.append(ent_coef_loss.item())
+            else:
+                ent_coef = self.ent_coef_tensor
+            if self.alpha_zero_after is not None and self.num_timesteps >= self.alpha_zero_after:  # sb3-vlm: M6
+                ent_coef = th.zeros_like(ent_coef)
+
+            ent_coefs.append(ent_coef.item())
+
+            # Optimize entropy coefficient, also called
+            # entropy temperature or alpha in the paper
+            if ent_coef_loss is not None and self.ent_coef_optimizer is not None:
+                self.ent_coef_optimizer.zero_grad()
+                ent_coef_loss.backward()
+                self.ent_coef_optimizer.step()
+
+            with th.no_grad():
+                # Select action according to policy
+                next_actions, next_log_prob = self.actor.action_log_prob(replay_data.next_observations)
+                # Compute the next Q values: min over all critics targets
+                next_q_values = th.cat(self.critic_target(replay_data.next_observations, next_actions), dim=1)
+                next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
+                # add entropy term
+                next_q_values = next_q_values - ent_coef * next_log_prob.reshape(-1, 1)
+                # td error + entropy term
+                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+
+            # Get current Q-values estimates for each critic network
+            # using action from the replay buffer
+            current_q_values = self.critic(replay_data.observations, replay_data.actions)
+
+            # Compute critic loss
+            critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
+            assert isinstance(critic_loss, th.Tensor)  # for type checker
+            critic_losses.append(critic_loss.item())  # type: ignore[union-attr]
+
+            # Optimize the critic
+            self.critic.optimizer.zero_grad()
+            critic_loss.backward()
+            self.critic.optimizer.step()
+
+            # Compute actor loss
+            # Alternative: actor_loss = th.mean(log_prob - qf1_pi)
+            # Min over all critic networks
+            q_values_pi = th.cat(self.critic(replay_data.observations, actions_pi), dim=1)
+            min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)
+            actor_loss = (ent_coef * log_prob - min_qf_pi).mean()
+
+            # sb3-vlm: the guidance term (ERPv eq. 4 / COVR eq. 4 / VARL), on the SAC batch or a batch of advised rows
+            if guide:
+                if self.advice_batch:
+                    g_loss, g_stats = self._advice_batch_guidance_loss(batch_size)
+                else:
+                    g_loss, g_stats = self._guidance_loss(
+                        replay_data.observations,
+                        actions_pi,
+                        min_qf_pi,
+                        replay_data.advice_actions,
+                        valid,
+                        (mean_actions, log_std, dist_kwargs),
+                    )
+                actor_loss = actor_loss + coef * g_loss
+                log("guidance_loss", g_loss.item())
+                for key, value in g_stats.items():
+                    log(key, value)
+            actor_losses.append(actor_loss.item())
+
+            # Optimize the actor
+            self.actor.optimizer.zero_grad()
+            actor_loss.backward()
+            self.actor.optimizer.step()
+
+            # Update target networks
+            if gradient_step % self.target_update_interval == 0:
+                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                # Copy running stats, see GH issue #996
+                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+
+        self._n_updates += gradient_steps
+
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/ent_coef", np.mean(ent_coefs))
+        self.logger.record("train/actor_loss", np.mean(actor_losses))
+        self.logger.record("train/critic_loss", np.mean(critic_losses))
+        if len(ent_coef_losses) > 0:
+            self.logger.record("train/ent_coef_loss", np.mean(ent_coef_losses))
+        # sb3-vlm
+        self.logger.record("train/guidance_coef", coef)
+        for key, values in logs.items():
+            self.logger.record(f"train/{key}", float(np.mean(values)))
+
+    def _advice_batch_guidance_loss(self, batch_size: int) -> tuple[th.Tensor, dict[str, float]]:
+        """Guidance on a batch drawn from the advised transitions only (VARL's guidance buffer)."""
+        data = cast(
+            AdvisedReplayBufferSamples | None, self.replay_buffer.sample_advised(batch_size, self._vec_normalize_env)
+        )
+        if data is None:  # no advised transition yet
+            return th.zeros((), device=self.device), {}
+        mean_actions, log_std, dist_kwargs = self.actor.get_action_dist_params(data.observations)
+        actions_pi, _ = self.actor.action_dist.log_prob_from_params(mean_actions, log_std, **dist_kwargs)
+        min_qf_pi = th.zeros(0)
+        if self.guidance == "vpg":
+            with th.no_grad():
+                min_qf_pi = th.min(th.cat(self.critic(data.observations, actions_pi), dim=1), dim=1, keepdim=True)[0]
+        return self._guidance_loss(
+            data.observations,
+            actions_pi,
+            min_qf_pi,
+            data.advice_actions,
+            data.advice_valid,
+            (mean_actions, log_std, dist_kwargs),
+        )
+
+    # ------------------------------------------------------------------ saving
+
+    def _excluded_save_params(self) -> list[str]:
+        # the modules are saved as state dicts below; the advisor lives in the env, which is never saved
+        return [*super()._excluded_save_params(), "advice_critic", "transition_model", "transition_optimizer"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, saved_pytorch_variables = super()._get_torch_save_params()
+        if self.advice_critic is not None:
+            state_dicts.append("advice_critic")
+        if self.transition_model is not None:
+            state_dicts += ["transition_model", "transition_optimizer"]
+        return state_dicts, saved_pytorch_variables
+
+    def learn(  # type: ignore[override]
+        self: SelfGuidedSAC,
+        total_timesteps: int,
+        callback: Any = None,
+        log_interval: int = 4,
+        tb_log_name: str = "GuidedSAC",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfGuidedSAC:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )

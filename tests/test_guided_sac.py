@@ -1,0 +1,355 @@
+"""GuidedSAC, the advised replay buffers, the advice critic and Pendulum's scripted advisor."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from sb3_vlm import CallableAdvisor, ConstantAdvisor, VLMAdviceWrapper
+from sb3_vlm.advice import Advice, AdviceRequest
+from sb3_vlm.buffers import AdvisedDictReplayBuffer, AdvisedReplayBuffer
+from sb3_vlm.envs.pendulum import PendulumSwingUpOracle, make_pendulum_env, make_pixel_env
+from sb3_vlm.policies import AdviceCritic
+from sb3_vlm.sac import GuidedSAC, RandomAlternatingExploration, pretrain_advice_critic
+from tests.helpers import CounterEnv, counter_view
+
+BOX = spaces.Box(-2.0, 2.0, shape=(1,), dtype=np.float32)
+SMALL = dict(learning_starts=20, batch_size=16, buffer_size=2_000, policy_kwargs=dict(net_arch=[16]), seed=0)
+
+
+def _advice_of(obs: np.ndarray) -> float:
+    """A deterministic advised action (env units, in [-2, 2]) that identifies the observation it was given for."""
+    episode, t = obs
+    return float(((7 * episode + t) % 40) / 10.0 - 2.0)
+
+
+def _counter_env(time_limit: int | None = None) -> gym.Env:
+    env: gym.Env = CounterEnv(action_space=BOX)
+    if time_limit is not None:
+        env = gym.wrappers.TimeLimit(env, time_limit)
+    advisor = CallableAdvisor(lambda r: np.array([_advice_of(r.state)], dtype=np.float32), name="counter")
+    return VLMAdviceWrapper(env, advisor, teacher_view=counter_view)
+
+
+def _pendulum(advisor=None, **kwargs) -> gym.Env:
+    return VLMAdviceWrapper(make_pendulum_env(**kwargs), advisor or PendulumSwingUpOracle())
+
+
+def test_replay_buffer_aligns_scaled_advice_with_n_envs_and_timeouts() -> None:
+    # three envs, one truncated by a TimeLimit: every stored row's advice must be that of its own observation
+    venv = DummyVecEnv([lambda: _counter_env(), lambda: _counter_env(time_limit=4), lambda: _counter_env()])
+    model = GuidedSAC("MlpPolicy", venv, method="covr", **{**SMALL, "learning_starts": 10_000})
+    model.learn(120)
+    buf = model.replay_buffer
+    assert isinstance(buf, AdvisedReplayBuffer)
+    n = buf.pos
+    assert n == 40 and buf.advice_valid[:n].all()
+    expected = np.vectorize(lambda e, t: _advice_of(np.array([e, t])))(
+        buf.observations[:n, :, 0], buf.observations[:n, :, 1]
+    )
+    np.testing.assert_allclose(buf.advice_actions[:n, :, 0], expected / 2.0, atol=1e-6)  # scaled like SB3's actions
+    assert buf.timeouts[:n, 1].any()  # the truncated env did time out and its rows still line up
+    # sampling reads advice with the same env index as the transition
+    sample = buf.sample(64)
+    obs = sample.observations.numpy()
+    want = np.array([_advice_of(o) for o in obs]) / 2.0
+    np.testing.assert_allclose(sample.advice_actions.numpy()[:, 0], want, atol=1e-6)
+
+
+def test_advised_only_sampling_and_invalid_rows() -> None:
+    buf = AdvisedReplayBuffer(20, spaces.Box(-1, 1, (1,)), BOX, device="cpu", n_envs=2)
+    assert buf.sample_advised(4) is None
+    for i in range(6):
+        infos = [{"vlm_advice": Advice(action=np.array([1.0]))} if i == 3 else {}, {"vlm_advice": Advice.invalid()}]
+        buf.add(np.full((2, 1), i), np.full((2, 1), i + 1), np.zeros((2, 1)), np.zeros(2), np.zeros(2), infos)
+    assert buf.advice_valid.sum() == 1 and buf.advice_actions[3, 0, 0] == pytest.approx(0.5)
+    sample = buf.sample_advised(8)
+    assert sample is not None
+    assert th.all(sample.advice_valid == 1) and th.all(sample.observations == 3)
+    # NaN / wrong-shape answers are stored as invalid rows, never as values
+    buf.add(
+        np.zeros((2, 1)),
+        np.zeros((2, 1)),
+        np.zeros((2, 1)),
+        np.zeros(2),
+        np.zeros(2),
+        [{"vlm_advice": Advice(action=np.array([np.nan]))}, {"vlm_advice": Advice(action=np.zeros(3))}],
+    )
+    assert buf.advice_valid[6].sum() == 0 and np.isfinite(buf.advice_actions[6]).all()
+
+
+def test_replay_buffer_round_trip_holds_advice_and_no_advisor(tmp_path: Path) -> None:
+    class KeyedAdvisor(PendulumSwingUpOracle):
+        api_key = "sk-PLANTED-SECRET-123"
+
+    model = GuidedSAC("MlpPolicy", _pendulum(KeyedAdvisor()), method="covr", **SMALL)
+    model.learn(60)
+    path = tmp_path / "buffer.pkl"
+    model.save_replay_buffer(path)
+    assert b"PLANTED" not in path.read_bytes() and b"KeyedAdvisor" not in path.read_bytes()
+    fresh = GuidedSAC("MlpPolicy", _pendulum(), method="covr", **SMALL)
+    fresh.load_replay_buffer(path)
+    np.testing.assert_array_equal(fresh.replay_buffer.advice_actions, model.replay_buffer.advice_actions)
+    np.testing.assert_array_equal(fresh.replay_buffer.advice_valid, model.replay_buffer.advice_valid)
+    assert fresh.replay_buffer.advice_valid.sum() == 60
+
+
+def test_dict_observations_use_the_dict_buffer() -> None:
+    class DictObs(gym.ObservationWrapper):
+        def __init__(self, env: gym.Env):
+            super().__init__(env)
+            self.observation_space = spaces.Dict({"state": env.observation_space})
+
+        def observation(self, observation):
+            return {"state": observation}
+
+    env = VLMAdviceWrapper(DictObs(make_pendulum_env()), PendulumSwingUpOracle())
+    model = GuidedSAC("MultiInputPolicy", env, method="erpv", advice_critic="rl", **SMALL)
+    model.learn(40)
+    assert isinstance(model.replay_buffer, AdvisedDictReplayBuffer)
+    assert model.replay_buffer.advice_valid[:40].all()
+
+
+@pytest.mark.parametrize("method", ["erpv", "varl", "covr", "dpl", "apl", "rsf", "sac"])
+def test_every_method_trains_and_logs_its_internals(method: str) -> None:
+    model = GuidedSAC("MlpPolicy", _pendulum(), method=method, advice_critic="rl", **SMALL)
+    model.learn(60)
+    logged = model.logger.name_to_value
+    assert "train/advice_valid_frac" in logged
+    expected = {
+        "erpv": ["guidance_loss", "q_f_mean", "q_f_active_frac", "alpha_target", "transition_loss", "ver_loss"],
+        "varl": ["guidance_loss", "bc_gate_frac"],
+        "covr": ["guidance_loss"],
+        "dpl": ["guidance_loss"],
+        "apl": ["guidance_loss"],
+        "rsf": ["guidance_loss", "q_f_mean", "alpha_target"],
+        "sac": [],
+    }[method]
+    for key in expected:
+        assert f"train/{key}" in logged, key
+    assert model.guidance_active == (method != "sac")
+
+
+def test_method_defaults_are_the_papers() -> None:
+    env = _pendulum()
+    erpv = GuidedSAC("MlpPolicy", env, advice_critic="rl", **SMALL)
+    assert (erpv.method, erpv.guidance, erpv.current_guidance_coef, erpv.ver, erpv.ver_coef) == (
+        "erpv",
+        "vpg",
+        10,
+        True,
+        10,
+    )
+    varl = GuidedSAC("MlpPolicy", env, method="varl", **SMALL)
+    assert (varl.guidance, varl.guidance_cutoff, varl.advice_batch, varl.ver) == ("gated_bc", 30_000, True, False)
+    covr = GuidedSAC("MlpPolicy", env, method="covr", **SMALL)
+    assert (covr.guidance, covr.current_guidance_coef) == ("mse", 2.0)
+    apl = GuidedSAC("MlpPolicy", env, method="apl", **SMALL)
+    schedule = apl.guidance_coef
+    assert callable(schedule) and schedule(0, 1.0) == 2.0 and schedule(200, 1.0) == pytest.approx(1.99)
+    assert schedule(10**6, 0.0) == pytest.approx(0.1)
+    m2 = GuidedSAC("MlpPolicy", env, guidance="mse", guidance_coef=10.0, advice_critic="rl", **SMALL)  # ERPv M2
+    assert m2.guidance == "mse" and m2.current_guidance_coef == 10.0 and m2.ver
+    never = GuidedSAC("MlpPolicy", env, method="varl", guidance_cutoff=0, **SMALL)
+    assert never.guidance_cutoff is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        (dict(method="nope"), ValueError),
+        (dict(guidance="nope"), ValueError),
+        (dict(ver_confidence="nope"), ValueError),
+        (dict(guidance_coef=-1.0), ValueError),
+        (dict(advice_critic=object()), TypeError),
+        (dict(n_steps=3), ValueError),
+        (dict(ent_coef=0.1), ValueError),  # VER needs a learned α
+    ],
+)
+def test_bad_arguments_fail_early(kwargs, error) -> None:
+    with pytest.raises(error):
+        GuidedSAC("MlpPolicy", _pendulum(), **{"advice_critic": "rl", **SMALL, **kwargs})
+
+
+def test_vpg_without_advice_critic_warns_and_falls_back_to_the_rl_critic() -> None:
+    with pytest.warns(UserWarning, match="without an advice critic"):
+        model = GuidedSAC("MlpPolicy", _pendulum(), method="erpv", **SMALL)
+    model.learn(40)
+    assert model.advice_critic is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GuidedSAC("MlpPolicy", _pendulum(), method="erpv", advice_critic="rl", **SMALL)  # M9 on purpose: silent
+
+
+def test_advice_critic_stays_frozen_and_receives_no_gradient() -> None:
+    critic = AdviceCritic(spaces.Box(-8, 8, (3,)), BOX, net_arch=[8])
+    before = {k: v.clone() for k, v in critic.state_dict().items()}
+    model = GuidedSAC("MlpPolicy", _pendulum(), method="erpv", advice_critic=critic, **SMALL)
+    model.learn(80)
+    assert "train/q_f_mean" in model.logger.name_to_value
+    assert all(not p.requires_grad and p.grad is None for p in model.advice_critic.parameters())
+    assert not model.advice_critic.training
+    for k, v in model.advice_critic.state_dict().items():
+        assert th.equal(v, before[k]), k
+
+
+def test_guidance_cutoff_switches_the_term_off() -> None:
+    model = GuidedSAC("MlpPolicy", _pendulum(), method="varl", guidance_cutoff=50, **SMALL)
+    model.learn(40)
+    assert model.guidance_active and model.logger.name_to_value["train/guidance_coef"] == 10.0
+    model.learn(40, reset_num_timesteps=False)
+    assert not model.guidance_active and model.logger.name_to_value["train/guidance_coef"] == 0.0
+    model.guidance_enabled = False
+    assert GuidedSAC("MlpPolicy", _pendulum(), method="covr", **SMALL).guidance_active is not model.guidance_enabled
+
+
+def test_guidance_pulls_the_policy_toward_the_advised_action() -> None:
+    # with a constant advised action the guided policy's mean action must move toward it, the unguided one not
+    def mean_action(model: GuidedSAC) -> float:
+        obs = np.stack([make_pendulum_env().reset(seed=s)[0] for s in range(20)])
+        return float(model.predict(obs, deterministic=True)[0].mean())
+
+    results = {}
+    for method in ("sac", "covr", "varl"):
+        model = GuidedSAC(
+            "MlpPolicy", _pendulum(ConstantAdvisor(1.8)), method=method, **{**SMALL, "learning_rate": 3e-3}
+        )
+        model.learn(300)
+        results[method] = mean_action(model)
+    assert results["covr"] > 0.5 and results["varl"] > 1.0
+    assert min(results["covr"], results["varl"]) > results["sac"] + 0.5
+
+
+def test_save_load_restores_every_module_and_training_resumes(tmp_path: Path) -> None:
+    critic = AdviceCritic(spaces.Box(-8, 8, (3,)), BOX, net_arch=[8])
+    model = GuidedSAC("MlpPolicy", _pendulum(), method="erpv", advice_critic=critic, **SMALL)
+    model.learn(80)
+    model.save(tmp_path / "guided")
+    loaded = GuidedSAC.load(tmp_path / "guided", env=_pendulum())
+    obs = np.stack([make_pendulum_env().reset(seed=s)[0] for s in range(8)])
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    for name in ("advice_critic", "transition_model"):
+        for (k, a), (_, b) in zip(
+            getattr(model, name).state_dict().items(), getattr(loaded, name).state_dict().items(), strict=False
+        ):
+            assert th.equal(a, b), (name, k)
+    assert loaded.transition_optimizer.state_dict()["state"], "transition optimizer state not restored"
+    assert len(loaded.transition_optimizer.state_dict()["state"]) == len(
+        model.transition_optimizer.state_dict()["state"]
+    )
+    assert (loaded.method, loaded.ver, loaded.guidance_coef) == ("erpv", True, 10.0)
+    loaded.learn(40, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 120
+    # a plain SAC can load the policy alone: the saved agent never needs the advisor
+    from stable_baselines3 import SAC
+
+    policy_only = SAC("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[16]))
+    policy_only.policy.load_state_dict(loaded.policy.state_dict())
+    np.testing.assert_array_equal(
+        policy_only.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0]
+    )
+
+
+def test_zip_holds_no_advisor(tmp_path: Path) -> None:
+    class KeyedAdvisor(PendulumSwingUpOracle):
+        api_key = "sk-PLANTED-SECRET-123"
+
+    model = GuidedSAC("MlpPolicy", _pendulum(KeyedAdvisor()), method="varl", **SMALL)
+    model.learn(30)
+    model.save(tmp_path / "m.zip")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "m.zip") as z:
+        blob = b"".join(z.read(n) for n in z.namelist())
+    assert b"PLANTED" not in blob and b"KeyedAdvisor" not in blob
+
+
+def test_advice_warmup_executes_the_advised_actions() -> None:
+    model = GuidedSAC(
+        "MlpPolicy",
+        _pendulum(ConstantAdvisor(1.5)),
+        method="covr",
+        advice_warmup=True,
+        **{**SMALL, "learning_starts": 30},
+    )
+    model.learn(30)
+    np.testing.assert_allclose(model.replay_buffer.actions[:30, 0, 0], 0.75)  # 1.5 scaled to [-1, 1]
+    assert model.n_advised_actions == 30
+    off = GuidedSAC("MlpPolicy", _pendulum(ConstantAdvisor(1.5)), method="covr", **{**SMALL, "learning_starts": 30})
+    off.learn(30)
+    assert off.n_advised_actions == 0 and np.std(off.replay_buffer.actions[:30]) > 0.1
+
+
+def test_random_alternating_exploration_phases() -> None:
+    rae = RandomAlternatingExploration(3, 5, seed=0)
+    turns = []
+    for _ in range(200):
+        turns.append(rae.advisor_mask(2))
+        rae.step(np.zeros(2, dtype=bool))
+    turns_arr = np.array(turns)
+    for env in range(2):
+        runs = np.diff(np.flatnonzero(np.diff(turns_arr[:, env].astype(int)) != 0))
+        assert runs.min() >= 3 and runs.max() <= 5  # phase lengths within [min, max]
+    assert 0.3 < turns_arr.mean() < 0.7
+    with pytest.raises(ValueError):
+        RandomAlternatingExploration(10, 5)
+
+
+def test_pretrain_advice_critic_returns_a_frozen_critic_that_round_trips(tmp_path: Path) -> None:
+    critic = pretrain_advice_critic(
+        make_pendulum_env(), PendulumSwingUpOracle(), steps=150, min_phase=10, max_phase=20, **SMALL
+    )
+    assert isinstance(critic, AdviceCritic) and not any(p.requires_grad for p in critic.parameters())
+    critic.save(tmp_path / "cv.pt")
+    again = AdviceCritic.load(tmp_path / "cv.pt")
+    obs, act = th.randn(5, 3), th.rand(5, 1) * 2 - 1
+    assert th.equal(critic.q_value(obs, act), again.q_value(obs, act))
+    with pytest.raises(RuntimeError, match="No advised action"), pytest.warns(UserWarning, match="VLMAdviceWrapper"):
+        pretrain_advice_critic(make_pendulum_env(), steps=30, **SMALL)  # no advisor, no advice
+
+
+def test_cnn_policy_on_pixel_pendulum() -> None:
+    env = VLMAdviceWrapper(
+        make_pixel_env("Pendulum-v1", size=40, frame_stack=2), PendulumSwingUpOracle(), query_every=5
+    )
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (40, 40, 6) and obs.dtype == np.uint8
+    request = env.get_wrapper_attr("teacher_request")()
+    assert request.image is not None and request.image.ndim == 3 and "theta" in request.context
+    model = GuidedSAC(
+        "CnnPolicy", env, method="erpv", advice_critic="rl", **{**SMALL, "buffer_size": 200, "batch_size": 4}
+    )
+    model.learn(40)
+    assert model.replay_buffer.advice_valid[:40, 0].sum() == 8  # every 5th step of the episode was queried
+    assert "train/transition_loss" in model.logger.name_to_value
+
+
+def test_pendulum_oracle_swings_up_and_needs_the_state() -> None:
+    env, oracle = make_pendulum_env(), PendulumSwingUpOracle()
+    returns = []
+    for seed in range(3):
+        env.reset(seed=seed)
+        total, done = 0.0, False
+        while not done:
+            action = oracle.advise([env.get_wrapper_attr("teacher_request")()])[0].action
+            _, reward, terminated, truncated, _ = env.step(action)
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    assert np.mean(returns) > -400  # a random policy scores about -1200
+    bad = oracle.advise([AdviceRequest(image=None, action_space=BOX)])[0]  # no state: a counted error
+    assert not bad.valid and oracle.stats.errors == 1
+
+
+def test_vec_env_training_with_several_envs() -> None:
+    venv = make_vec_env(lambda: _pendulum(), n_envs=2)
+    model = GuidedSAC("MlpPolicy", venv, method="erpv", advice_critic="rl", **SMALL)
+    model.learn(80)
+    assert model.replay_buffer.advice_valid[:40].all()
