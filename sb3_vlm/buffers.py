@@ -235,7 +235,8 @@ class AdvisedReplayBuffer(_ReplayAdviceStorage, ReplayBuffer):
     and its validity, read from ``infos[advice_key]``. Correct with ``n_envs > 1`` (advice and transition are read
     with the same env index), with timeouts (SB3's handling is unchanged) and through ``save_replay_buffer``.
 
-    :param advice_key: the info key the advice wrapper writes (default ``"vlm_advice"``)
+    :param advice_key: the info key the advice wrapper writes (default ``"vlm_advice"``); the other arguments are
+        SB3's
     """
 
     _samples_class = AdvisedReplayBufferSamples
@@ -253,7 +254,7 @@ class AdvisedReplayBuffer(_ReplayAdviceStorage, ReplayBuffer):
     ):
         super().__init__(
             buffer_size,
-            observation_space,
+            observation_space,  # type: ignore[arg-type]
             action_space,
             device,
             n_envs,
@@ -268,42 +269,12 @@ class AdvisedReplayBuffer(_ReplayAdviceStorage, ReplayBuffer):
 
     def _get_samples(  # type: ignore[override]
         self, batch_inds: np.ndarray, env: VecNormalize | None = None
-    ) -> AdvisedReplayBufferSamples:
+    ) -> AdvisedReplayBufferSamples | AdvisedDictReplayBufferSamples:
         return self._samples_class(*self._sample_with_advice(batch_inds, env))
 
 
-class AdvisedDictReplayBuffer(_ReplayAdviceStorage, DictReplayBuffer):
-    """:class:`AdvisedReplayBuffer` for ``Dict`` observation spaces (``MultiInputPolicy``)."""
+class AdvisedDictReplayBuffer(AdvisedReplayBuffer, DictReplayBuffer):  # type: ignore[misc]
+    """:class:`AdvisedReplayBuffer` for ``Dict`` observation spaces (``MultiInputPolicy``); the MRO runs SB3's
+    ``DictReplayBuffer`` storage under the same advice columns."""
 
-    _samples_class = AdvisedDictReplayBufferSamples
-
-    def __init__(
-        self,
-        buffer_size: int,
-        observation_space: spaces.Dict,
-        action_space: spaces.Space,
-        device: th.device | str = "auto",
-        n_envs: int = 1,
-        optimize_memory_usage: bool = False,
-        handle_timeout_termination: bool = True,
-        advice_key: str = ADVICE_INFO_KEY,
-    ):
-        super().__init__(
-            buffer_size,
-            observation_space,
-            action_space,
-            device,
-            n_envs,
-            optimize_memory_usage,
-            handle_timeout_termination,
-        )
-        self._init_advice(advice_key)
-
-    def add(self, obs, next_obs, action, reward, done, infos) -> None:  # type: ignore[no-untyped-def]
-        self._store_advice(infos)
-        super().add(obs, next_obs, action, reward, done, infos)
-
-    def _get_samples(  # type: ignore[override]
-        self, batch_inds: np.ndarray, env: VecNormalize | None = None
-    ) -> AdvisedDictReplayBufferSamples:
-        return self._samples_class(*self._sample_with_advice(batch_inds, env))
+    _samples_class = AdvisedDictReplayBufferSamples  # type: ignore[assignment]

@@ -324,10 +324,12 @@ def test_cnn_policy_on_pixel_pendulum() -> None:
     assert obs.shape == (40, 40, 6) and obs.dtype == np.uint8
     request = env.get_wrapper_attr("teacher_request")()
     assert request.image is not None and request.image.ndim == 3 and "theta" in request.context
-    model = GuidedSAC(
-        "CnnPolicy", env, method="erpv", advice_critic="rl", **{**SMALL, "buffer_size": 200, "batch_size": 4}
-    )
+    small = {**SMALL, "buffer_size": 200, "batch_size": 4}
+    pixels = make_pixel_env("Pendulum-v1", size=40, frame_stack=2)
+    critic = pretrain_advice_critic(pixels, PendulumSwingUpOracle(), steps=30, policy="CnnPolicy", **small)
+    model = GuidedSAC("CnnPolicy", env, method="erpv", advice_critic=critic, **small)
     model.learn(40)
+    assert "train/q_f_mean" in model.logger.name_to_value
     assert model.replay_buffer.advice_valid[:40, 0].sum() == 8  # every 5th step of the episode was queried
     assert "train/transition_loss" in model.logger.name_to_value
 

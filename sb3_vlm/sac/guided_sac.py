@@ -628,11 +628,5 @@ class GuidedSAC(SAC):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfGuidedSAC:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
+        # only the default TensorBoard run name differs from SAC's
+        return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
