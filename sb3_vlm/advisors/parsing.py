@@ -6,6 +6,7 @@ none; it never raises on model output, and NaN/inf never become a value.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -73,10 +74,8 @@ def json_candidates(text: str) -> list[Any]:
     """Every JSON value embedded in ``text``: code fences first, then each balanced ``{...}`` / ``[...]``."""
     found: list[Any] = []
     for block in _FENCE_RE.findall(text):
-        try:
+        with contextlib.suppress(ValueError):
             found.append(json.loads(block))
-        except ValueError:
-            pass
     decoder = json.JSONDecoder()
     i = 0
     while i < len(text):
