@@ -1,0 +1,183 @@
+"""OpenAIAdvisor driven through the real ``openai`` client against a loopback server."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+pytest.importorskip("openai")
+
+from sb3_vlm.advice import AdviceRequest  # noqa: E402
+from sb3_vlm.advisors.openai_compat import OpenAIAdvisor, probs_from_top_logprobs  # noqa: E402
+from sb3_vlm.advisors.prompts import COVR_HIGHWAY, MINIGRID_PROMPT, MINIGRID_TWO_STAGE  # noqa: E402
+from tests.loopback import LoopbackServer, Reply, chat_completion  # noqa: E402
+
+CAR = spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
+GRID = spaces.Discrete(7)
+IMAGE = np.zeros((8, 8, 3), dtype=np.uint8)
+
+
+def _car() -> AdviceRequest:
+    return AdviceRequest(image=IMAGE, context={}, action_space=CAR)
+
+
+def _grid() -> AdviceRequest:
+    return AdviceRequest(image=IMAGE, context={"mission": "get to the green goal square"}, action_space=GRID)
+
+
+def _advisor(server: LoopbackServer, prompt=COVR_HIGHWAY, **kwargs) -> OpenAIAdvisor:
+    kwargs.setdefault("max_backoff", 0.05)
+    return OpenAIAdvisor("test-model", prompt, base_url=f"{server.url}/v1", api_key="sk-test", **kwargs)
+
+
+def test_continuous_answer_with_image_and_usage() -> None:
+    with LoopbackServer([Reply(body=chat_completion("Describe: clear. action:[0.1, 0.9]", tokens=42))]) as server:
+        advisor = _advisor(server, detail="low")
+        advice = advisor.advise([_car()])[0]
+    assert advice.valid and np.allclose(advice.action, [0.1, 0.9])
+    assert advisor.tokens == 42 and advisor.stats.queries == 1
+    body = server.requests[0]
+    assert body["model"] == "test-model" and body["messages"][0]["role"] == "system"
+    parts = body["messages"][1]["content"]
+    assert parts[0]["type"] == "text" and parts[0]["text"].endswith("action:[steer, throttle].")
+    assert (
+        parts[1]["image_url"]["url"].startswith("data:image/png;base64,") and parts[1]["image_url"]["detail"] == "low"
+    )
+    assert server.paths[0] == "/v1/chat/completions"
+    assert server.headers[0]["authorization"] == "Bearer sk-test"
+
+
+def test_logprob_scoring_one_token_call() -> None:
+    top = [("forward", math.log(0.6)), (" left", math.log(0.2)), ("Right", math.log(0.1)), ("xyz", math.log(0.1))]
+    with LoopbackServer([Reply(body=chat_completion("forward", top_logprobs=top))]) as server:
+        advice = _advisor(server, MINIGRID_PROMPT).advise([_grid()])[0]
+    assert advice.valid and advice.probs is not None
+    np.testing.assert_allclose(advice.probs[[0, 1, 2]], np.array([0.2, 0.1, 0.6]) / 0.9, rtol=1e-5)
+    body = server.requests[0]
+    assert body["max_tokens"] == 1 and body["logprobs"] is True and body["top_logprobs"] == 20
+
+
+def test_falls_back_to_written_probabilities_when_no_logprobs() -> None:
+    written = "left: 0.1, right: 0.1, forward: 0.8"
+    replies = [Reply(body=chat_completion("forward")), Reply(body=chat_completion(written))]
+    with LoopbackServer(replies) as server:
+        advisor = _advisor(server, MINIGRID_PROMPT)
+        first = advisor.advise([_grid()])[0]
+        second = advisor.advise([_grid()])[0]
+    assert first.valid and second.valid and first.probs is not None
+    assert first.probs[2] == pytest.approx(0.8)
+    # the second request went straight to the written form: one call, not two
+    assert len(server.requests) == 3 and server.requests[2].get("max_tokens") == 256
+    assert "logprobs" not in server.requests[2]
+
+
+def test_samples_become_frequencies() -> None:
+    with LoopbackServer([Reply(body=chat_completion(["forward", "Action: left", "forward", "???"]))]) as server:
+        advice = _advisor(server, MINIGRID_PROMPT, distribution="samples", n_samples=4).advise([_grid()])[0]
+    assert advice.probs is not None
+    np.testing.assert_allclose(advice.probs[[0, 2]], [1 / 3, 2 / 3], rtol=1e-5)
+    assert server.requests[0]["n"] == 4 and server.requests[0]["temperature"] >= 0.7
+
+
+def test_two_stage_prompt_sends_the_description() -> None:
+    replies = [
+        Reply(body=chat_completion("The agent is at (1, 1) facing east.")),
+        Reply(body=chat_completion("forward")),
+    ]
+    with LoopbackServer(replies) as server:
+        advice = _advisor(server, MINIGRID_TWO_STAGE, distribution="written").advise([_grid()])[0]
+    assert advice.valid and int(advice.action[0]) == 2
+    second_text = server.requests[1]["messages"][-1]["content"][0]["text"]
+    assert second_text.startswith("Scene description: The agent is at (1, 1)")
+
+
+def test_structured_output_requests_a_schema() -> None:
+    with LoopbackServer([Reply(body=chat_completion('{"steer": -0.2, "throttle": 0.4}'))]) as server:
+        advice = _advisor(server, structured=True).advise([_car()])[0]
+    assert np.allclose(advice.action, [-0.2, 0.4])
+    schema = server.requests[0]["response_format"]
+    assert schema["type"] == "json_schema" and schema["json_schema"]["schema"]["required"] == ["steer", "throttle"]
+
+
+def test_429_retry_after_is_honoured_and_counted() -> None:
+    replies = [
+        Reply(status=429, body={"error": {"message": "slow down"}}, headers={"retry-after": "0.3"}),
+        Reply(body=chat_completion("action:[0, 1]")),
+    ]
+    with LoopbackServer(replies) as server:
+        advisor = _advisor(server, max_backoff=5.0)
+        start = time.perf_counter()
+        advice = advisor.advise([_car()])[0]
+        waited = time.perf_counter() - start
+    assert advice.valid and waited >= 0.3
+    assert advisor.retries == 1 and advisor.http_errors == {"RateLimitError": 1}
+
+
+def test_persistent_500_gives_counted_invalid_advice() -> None:
+    with LoopbackServer([Reply(status=500, body={"error": {"message": "boom"}})]) as server:
+        advisor = _advisor(server, max_retries=2)
+        advice = advisor.advise([_car(), _car()])
+    assert not any(a.valid for a in advice)
+    assert advisor.http_errors["InternalServerError"] == 6 and advisor.retries == 4
+    assert advisor.stats.errors == 2 and advisor.stats.invalid == 2 and len(server.requests) == 6
+
+
+def test_slow_reply_past_the_timeout() -> None:
+    with LoopbackServer([Reply(body=chat_completion("action:[0, 1]"), delay=1.0)]) as server:
+        advisor = _advisor(server, timeout=0.2, max_retries=1)
+        start = time.perf_counter()
+        advice = advisor.advise([_car()])[0]
+    assert not advice.valid and time.perf_counter() - start < 1.5
+    assert advisor.http_errors["APITimeoutError"] == 2
+
+
+def test_400_is_not_retried() -> None:
+    with LoopbackServer([Reply(status=400, body={"error": {"message": "bad"}})]) as server:
+        advisor = _advisor(server)
+        advice = advisor.advise([_car()])[0]
+    assert not advice.valid and len(server.requests) == 1 and advisor.http_errors == {"HTTP 400": 1, "failed": 1}
+
+
+def test_unparseable_and_nan_answers_are_counted_not_raised() -> None:
+    replies = [Reply(body=chat_completion("I cannot help with that.")), Reply(body=chat_completion("action:[nan, 1]"))]
+    with LoopbackServer(replies) as server:
+        advisor = _advisor(server, concurrency=1)
+        advice = advisor.advise([_car(), _car()])
+    assert not any(a.valid for a in advice) and advisor.parse_failures == 2 and advisor.stats.errors == 0
+    assert advice[0].raw == "I cannot help with that."
+
+
+def test_batch_runs_concurrently() -> None:
+    with LoopbackServer([Reply(body=chat_completion("action:[0, 1]"), delay=0.3)]) as server:
+        advisor = _advisor(server, concurrency=8)
+        start = time.perf_counter()
+        advice = advisor.advise([_car() for _ in range(8)])
+        elapsed = time.perf_counter() - start
+    assert all(a.valid for a in advice) and elapsed < 1.2  # 8 x 0.3 s in sequence would be 2.4 s
+
+
+def test_identity_covers_model_prompt_and_sampling_and_hides_the_key(monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-SECRET-VALUE")
+    a = OpenAIAdvisor("m", COVR_HIGHWAY, base_url="http://127.0.0.1:9/v1")
+    assert "SECRET" not in a.identity and "SECRET" not in repr(a)
+    others = [
+        OpenAIAdvisor("m2", COVR_HIGHWAY, base_url="http://127.0.0.1:9/v1"),
+        OpenAIAdvisor("m", COVR_HIGHWAY.with_(version="2"), base_url="http://127.0.0.1:9/v1"),
+        OpenAIAdvisor("m", COVR_HIGHWAY, base_url="http://127.0.0.1:9/v1", temperature=0.5),
+    ]
+    assert len({a.identity, *(o.identity for o in others)}) == 4
+
+
+def test_missing_key_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        OpenAIAdvisor("gpt-4o-mini", COVR_HIGHWAY)
+
+
+def test_probs_from_top_logprobs_helper() -> None:
+    assert probs_from_top_logprobs([("xyz", 0.0)], ["a", "b"]) is None
+    np.testing.assert_allclose(probs_from_top_logprobs([("A", 0.0), ("b", 0.0)], ["a", "b"]), [0.5, 0.5])
