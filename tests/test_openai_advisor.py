@@ -11,10 +11,10 @@ from gymnasium import spaces
 
 pytest.importorskip("openai")
 
-from sb3_vlm.advice import AdviceRequest  # noqa: E402
-from sb3_vlm.advisors.openai_compat import OpenAIAdvisor, probs_from_top_logprobs  # noqa: E402
-from sb3_vlm.advisors.prompts import COVR_HIGHWAY, MINIGRID_PROMPT, MINIGRID_TWO_STAGE  # noqa: E402
-from tests.loopback import LoopbackServer, Reply, chat_completion  # noqa: E402
+from sb3_vlm.advice import AdviceRequest
+from sb3_vlm.advisors.openai_compat import OpenAIAdvisor, probs_from_top_logprobs
+from sb3_vlm.advisors.prompts import COVR_HIGHWAY, MINIGRID_PROMPT, MINIGRID_TWO_STAGE
+from tests.loopback import LoopbackServer, Reply, chat_completion
 
 CAR = spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
 GRID = spaces.Discrete(7)
