@@ -12,7 +12,8 @@ from gymnasium import spaces
 pytest.importorskip("openai")
 
 from sb3_vlm.advice import AdviceRequest
-from sb3_vlm.advisors.openai_compat import OpenAIAdvisor, probs_from_top_logprobs
+from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
+from sb3_vlm.advisors.prompted import probs_from_top_logprobs
 from sb3_vlm.advisors.prompts import COVR_HIGHWAY, MINIGRID_PROMPT, MINIGRID_TWO_STAGE
 from tests.loopback import LoopbackServer, Reply, chat_completion
 

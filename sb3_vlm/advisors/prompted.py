@@ -1,0 +1,276 @@
+"""What every prompted (VLM) advisor shares: prompting, the three ways to get a discrete distribution, parsing,
+counted retries with backoff, bounded concurrency. Backends implement one call (:meth:`PromptedAdvisor._generate`)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+from gymnasium import spaces
+
+from sb3_vlm.advice import Advice, AdviceRequest
+from sb3_vlm.advisors.base import Advisor
+from sb3_vlm.advisors.parsing import Parsed, parse_continuous, parse_discrete
+from sb3_vlm.advisors.prompts import PromptTemplate
+
+logger = logging.getLogger(__name__)
+
+Distribution = Literal["auto", "logprobs", "samples", "written"]
+T = TypeVar("T")
+
+
+@dataclass
+class Generation:
+    """One backend call's result: the answer texts (one per sample), the first token's top log-probabilities
+    (None when the backend gave none) and the tokens used."""
+
+    texts: list[str]
+    top_logprobs: list[tuple[str, float]] | None = None
+    tokens: int = 0
+
+
+@dataclass
+class RetryDecision:
+    """How a backend classifies an exception: a counter name, whether to retry, the server's Retry-After (s)."""
+
+    name: str
+    retry: bool
+    retry_after: float | None = None
+
+
+def probs_from_top_logprobs(top_logprobs: Sequence[tuple[str, float]], labels: Sequence[str]) -> np.ndarray | None:
+    """
+    A distribution over ``labels`` from the first generated token's top log-probabilities: each label takes the
+    probability mass of the tokens that spell it (case and surrounding spaces ignored), renormalised over the labels.
+    None when no label is among the returned tokens.
+    """
+    mass = np.zeros(len(labels), dtype=np.float64)
+    keys = [label.strip().lower() for label in labels]
+    for token, logprob in top_logprobs:
+        t = token.strip().lower()
+        if t in keys and np.isfinite(logprob):
+            mass[keys.index(t)] += float(np.exp(logprob))
+    if mass.sum() <= 0:
+        return None
+    return (mass / mass.sum()).astype(np.float32)
+
+
+class PromptedAdvisor(Advisor):
+    """
+    Base of the VLM advisors. Per request: optional first stage (``prompt.describe_first``), then
+
+    - ``Box`` actions: one written answer, parsed by :func:`~sb3_vlm.advisors.parsing.parse_continuous`;
+    - ``Discrete`` actions, ``distribution=``: ``"logprobs"`` (one call, one token, the labels' probabilities),
+      ``"samples"`` (``n_samples`` answers → frequencies), ``"written"`` (the model writes probabilities, LVLM2P),
+      ``"auto"`` (log-probs, and written for the rest of the run once the backend turns out to give none).
+
+    Failures are counted in ``http_errors`` / ``parse_failures`` / ``stats`` and become invalid advice; nothing raises
+    into training.
+
+    :param prompt: the prompt template
+    :param distribution: see above
+    :param n_samples: answers per request for ``"samples"``
+    :param temperature: sampling temperature (``"samples"`` uses at least 0.7)
+    :param max_tokens: answer budget for written answers
+    :param max_retries: retries of a retryable failure (rate limit, 5xx, timeout, connection)
+    :param max_backoff: longest wait between retries (exponential 0.5 s · 2^k with jitter, or the server's
+        Retry-After)
+    :param concurrency: requests of one batch in flight at once
+    """
+
+    def __init__(
+        self,
+        prompt: PromptTemplate,
+        distribution: Distribution = "auto",
+        n_samples: int = 8,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        max_retries: int = 3,
+        max_backoff: float = 30.0,
+        concurrency: int = 8,
+    ):
+        super().__init__()
+        if distribution not in ("auto", "logprobs", "samples", "written"):
+            raise ValueError(f"distribution must be auto, logprobs, samples or written, got {distribution!r}")
+        if concurrency < 1 or n_samples < 1 or max_retries < 0:
+            raise ValueError("concurrency and n_samples must be >= 1, max_retries >= 0")
+        self.prompt, self.distribution, self.n_samples = prompt, distribution, n_samples
+        self.temperature, self.max_tokens = temperature, max_tokens
+        self.max_retries, self.max_backoff, self.concurrency = max_retries, max_backoff, concurrency
+        self._logprobs_supported: bool | None = None
+        self._lock = threading.Lock()
+        self.tokens = 0
+        self.retries = 0
+        self.parse_failures = 0
+        self.http_errors: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ backend interface
+
+    @abstractmethod
+    def _generate(
+        self,
+        request: AdviceRequest,
+        system: str,
+        user: str,
+        *,
+        max_tokens: int,
+        temperature: float,
+        n: int = 1,
+        logprobs: bool = False,
+        schema: dict[str, Any] | None = None,
+    ) -> Generation:
+        """One backend call (no retries: :meth:`_with_retries` wraps it)."""
+
+    @abstractmethod
+    def _classify(self, exc: Exception) -> RetryDecision | None:
+        """How to treat ``exc``; None for exceptions that are not the backend's (they propagate)."""
+
+    # ------------------------------------------------------------------ machinery
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.http_errors[key] = self.http_errors.get(key, 0) + 1
+
+    def _with_retries(self, call: Callable[[], T]) -> T:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return call()
+            except Exception as exc:
+                decision = self._classify(exc)
+                if decision is None:
+                    raise
+                self._count(decision.name)
+                if not decision.retry or attempt == self.max_retries:
+                    raise
+                wait = decision.retry_after
+                if wait is None:
+                    wait = 0.5 * 2**attempt * (1 + random.random() * 0.25)
+                with self._lock:
+                    self.retries += 1
+                time.sleep(min(wait, self.max_backoff))
+        raise AssertionError("unreachable")
+
+    def _call(self, request: AdviceRequest, system: str, user: str, **kwargs: Any) -> Generation:
+        generation = self._with_retries(lambda: self._generate(request, system, user, **kwargs))
+        with self._lock:
+            self.tokens += generation.tokens
+        return generation
+
+    def _use_logprobs(self) -> bool:
+        if self.distribution == "logprobs":
+            return True
+        return self.distribution == "auto" and self._logprobs_supported is not False
+
+    def _failed(self, why: str, raw: str) -> Advice:
+        with self._lock:
+            self.parse_failures += 1
+        logger.debug("%s: %s (answer: %r)", self.identity, why, raw[:200])
+        return Advice.invalid(source=self.identity, raw=raw)
+
+    def _from_parsed(self, parsed: Parsed, raw: str) -> Advice:
+        if not parsed.ok:
+            return self._failed(parsed.error, raw)
+        return Advice(action=parsed.action, probs=parsed.probs, source=self.identity, raw=raw)
+
+    def parse(self, text: str, space: spaces.Space | None) -> Advice:
+        """Parse one written answer for ``space`` (what ``sb3-vlm advise`` shows)."""
+        if isinstance(space, spaces.Discrete):
+            return self._from_parsed(parse_discrete(text, self.prompt.labels), text)
+        if isinstance(space, spaces.Box):
+            return self._from_parsed(parse_continuous(text, space, self.prompt.action_names or None), text)
+        raise ValueError("A prompted advisor needs a Discrete or Box AdviceRequest.action_space")
+
+    def _from_samples(self, texts: list[str]) -> Advice:
+        counts = np.zeros(len(self.prompt.labels), dtype=np.float64)
+        for text in texts:
+            parsed = parse_discrete(text, self.prompt.labels)
+            if parsed.probs is not None:
+                counts += parsed.probs
+            elif parsed.action is not None:
+                counts[int(parsed.action[0])] += 1
+        raw = "\n---\n".join(texts)
+        if counts.sum() == 0:
+            return self._failed("no sample named an action", raw)
+        return Advice(probs=(counts / counts.sum()).astype(np.float32), source=self.identity, raw=raw)
+
+    def schema(self, space: spaces.Space | None) -> dict[str, Any]:
+        """JSON schema of the answer (structured output)."""
+        if isinstance(space, spaces.Discrete):
+            props = {label: {"type": "number"} for label in self.prompt.labels}
+            return {
+                "type": "object",
+                "properties": {"probabilities": {"type": "object", "properties": props}},
+                "required": ["probabilities"],
+            }
+        names = list(self.prompt.action_names) or ["action"]
+        return {"type": "object", "properties": {n: {"type": "number"} for n in names}, "required": names}
+
+    # ------------------------------------------------------------------ one request, a batch
+
+    def answer(self, request: AdviceRequest, structured: bool = False) -> Advice:
+        """Everything for one request (may raise after retries; :meth:`_advise` turns that into invalid advice)."""
+        space = request.action_space
+        description = ""
+        if self.prompt.describe_first:
+            system, _ = self.prompt.render(request)
+            first = self._call(
+                request,
+                system,
+                self.prompt.render_describe(request),
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+            )
+            description = first.texts[0] if first.texts else ""
+        system, user = self.prompt.render(request, description)
+        if isinstance(space, spaces.Discrete) and self._use_logprobs():
+            gen = self._call(request, system, user, max_tokens=1, temperature=0.0, logprobs=True)
+            raw = gen.texts[0] if gen.texts else ""
+            if gen.top_logprobs is not None:
+                self._logprobs_supported = True
+                probs = probs_from_top_logprobs(gen.top_logprobs, self.prompt.labels)
+                if probs is None:
+                    return self._failed("no action label among the top log-probabilities", raw)
+                return Advice(probs=probs, source=self.identity, raw=raw)
+            if self.distribution == "logprobs":
+                return self._failed("the backend returned no log-probabilities", raw)
+            if self._logprobs_supported is None:
+                logger.warning("%s returns no log-probabilities; using written probabilities instead", self.identity)
+            self._logprobs_supported = False
+        schema = self.schema(space) if structured else None
+        if isinstance(space, spaces.Discrete) and self.distribution == "samples":
+            gen = self._call(
+                request,
+                system,
+                user,
+                max_tokens=self.max_tokens,
+                temperature=max(self.temperature, 0.7),
+                n=self.n_samples,
+                schema=schema,
+            )
+            return self._from_samples(gen.texts)
+        gen = self._call(request, system, user, max_tokens=self.max_tokens, temperature=self.temperature, schema=schema)
+        return self.parse(gen.texts[0] if gen.texts else "", space)
+
+    def _answer_one(self, request: AdviceRequest) -> Advice:
+        try:
+            return self.answer(request, structured=getattr(self, "structured", False))
+        except Exception as exc:  # one failed request must not fail its whole batch
+            self._count("failed")
+            logger.warning("%s: request failed after retries: %r", self.identity, exc)
+            with self._lock:
+                self.stats.errors += 1
+            return Advice.invalid(source=self.identity, raw=repr(exc))
+
+    def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
+        if len(requests) == 1 or self.concurrency == 1:
+            return [self._answer_one(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
+            return list(pool.map(self._answer_one, requests))

@@ -1,0 +1,85 @@
+"""GeminiAdvisor driven through the real ``google-genai`` client against a loopback server."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+pytest.importorskip("google.genai")
+
+from sb3_vlm.advice import AdviceRequest
+from sb3_vlm.advisors.gemini import GeminiAdvisor
+from sb3_vlm.advisors.prompts import COVR_HIGHWAY, MINIGRID_PROMPT
+from tests.loopback import LoopbackServer, Reply
+
+CAR = spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
+IMAGE = np.zeros((8, 8, 3), dtype=np.uint8)
+
+
+def _body(text: str, top: list[tuple[str, float]] | None = None) -> dict:
+    candidate: dict = {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}
+    if top is not None:
+        candidate["logprobsResult"] = {
+            "topCandidates": [{"candidates": [{"token": t, "logProbability": lp} for t, lp in top]}],
+            "chosenCandidates": [{"token": top[0][0], "logProbability": top[0][1]}],
+        }
+    return {"candidates": [candidate], "usageMetadata": {"promptTokenCount": 5, "totalTokenCount": 7}}
+
+
+def _advisor(server: LoopbackServer, prompt=COVR_HIGHWAY, **kwargs) -> GeminiAdvisor:
+    kwargs.setdefault("max_backoff", 0.05)
+    return GeminiAdvisor("gemini-test", prompt, api_key="AIza-test", base_url=server.url, **kwargs)
+
+
+def test_image_bytes_part_and_parsed_answer() -> None:
+    with LoopbackServer([Reply(body=_body("action:[0.25, 0.5]"))]) as server:
+        advisor = _advisor(server)
+        advice = advisor.advise([AdviceRequest(image=IMAGE, action_space=CAR)])[0]
+    assert advice.valid and np.allclose(advice.action, [0.25, 0.5]) and advisor.tokens == 7
+    assert server.paths[0].endswith("/models/gemini-test:generateContent")
+    parts = server.requests[0]["contents"][0]["parts"]
+    assert parts[0]["text"].endswith("action:[steer, throttle].")
+    inline = parts[1]["inlineData"]
+    assert inline.get("mimeType", inline.get("mime_type")) == "image/png" and len(inline["data"]) > 20
+    assert "systemInstruction" in server.requests[0]
+
+
+def test_logprobs_and_json_schema() -> None:
+    top = [("forward", math.log(0.75)), ("left", math.log(0.25))]
+    replies = [Reply(body=_body("forward", top)), Reply(body=_body('{"steer": 0.1, "throttle": 0.2}'))]
+    with LoopbackServer(replies) as server:
+        grid = _advisor(server, MINIGRID_PROMPT, concurrency=1)
+        advice = grid.advise([AdviceRequest(image=IMAGE, context={"mission": "m"}, action_space=spaces.Discrete(7))])[0]
+        car = _advisor(server, structured=True).advise([AdviceRequest(image=IMAGE, action_space=CAR)])[0]
+    assert (
+        advice.probs is not None and advice.probs[2] == pytest.approx(0.75) and advice.probs[0] == pytest.approx(0.25)
+    )
+    config = server.requests[0]["generationConfig"]
+    assert config["responseLogprobs"] is True and config["maxOutputTokens"] == 1
+    assert np.allclose(car.action, [0.1, 0.2])
+    assert server.requests[1]["generationConfig"]["responseMimeType"] == "application/json"
+
+
+def test_429_then_success_and_500_exhausted() -> None:
+    replies = [
+        Reply(status=429, body={"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}}),
+        Reply(body=_body("action:[0, 0]")),
+    ]
+    with LoopbackServer(replies) as server:
+        advisor = _advisor(server)
+        assert advisor.advise([AdviceRequest(image=IMAGE, action_space=CAR)])[0].valid
+    assert advisor.retries == 1 and advisor.http_errors == {"HTTP 429": 1}
+    with LoopbackServer([Reply(status=500, body={"error": {"code": 500, "message": "x", "status": "INTERNAL"}})]) as s2:
+        advisor = _advisor(s2, max_retries=1)
+        assert not advisor.advise([AdviceRequest(image=IMAGE, action_space=CAR)])[0].valid
+    assert advisor.http_errors["HTTP 500"] == 2 and advisor.stats.errors == 1
+
+
+def test_missing_key(monkeypatch) -> None:
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="GEMINI_API_KEY"):
+        GeminiAdvisor("gemini-2.0-flash", COVR_HIGHWAY)
