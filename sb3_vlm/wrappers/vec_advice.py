@@ -1,0 +1,110 @@
+"""VecEnv-level advice: the requests of all n_envs reach the advisor as ONE ``advise()`` call per step."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
+
+from sb3_vlm.advice import ADVICE_INFO_KEY, Advice, AdviceRequest
+from sb3_vlm.advisors.base import Advisor, AdvisorStats
+from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
+
+VecTeacherView = Callable[[VecEnv, int, Any], AdviceRequest]
+
+
+def default_vec_teacher_view(venv: VecEnv, index: int, obs: Any) -> AdviceRequest:
+    """The env's ``teacher_request()`` (called in its worker process), else the observation when it is an RGB image."""
+    try:
+        return venv.env_method("teacher_request", indices=[index])[0]
+    except AttributeError:
+        pass
+    if isinstance(obs, np.ndarray) and obs.ndim == 3 and obs.dtype == np.uint8:
+        return AdviceRequest(image=obs)
+    raise ValueError(
+        "Cannot build a teacher view: the env has no teacher_request() and its observation is not an RGB image. "
+        "Pass teacher_view=callable(venv, index, obs) -> AdviceRequest."
+    )
+
+
+class VecVLMAdviceWrapper(VecEnvWrapper):
+    """
+    :class:`~sb3_vlm.wrappers.VLMAdviceWrapper` for a whole VecEnv: after each ``step`` (and at ``reset``), the envs
+    that need advice are asked about in one batch, so an API advisor sends them concurrently and a local VLM runs
+    one forward batch. Same time alignment: ``infos[i][info_key]`` holds the advice for the observation env ``i``
+    acted on; after an auto-reset the new episode's first observation is asked about at once.
+
+    :param venv: the vectorised env (``DummyVecEnv`` or ``SubprocVecEnv``; views come from each env's
+        ``teacher_request()`` through ``env_method``)
+    :param advisor: who answers
+    :param query_every: ask on every k-th step of each episode; other steps carry invalid advice
+    :param teacher_view: ``f(venv, index, obs) -> AdviceRequest`` (default :func:`default_vec_teacher_view`)
+    :param cache: an :class:`AdviceCache`, a path, or None
+    :param info_key: the info key
+    """
+
+    def __init__(
+        self,
+        venv: VecEnv,
+        advisor: Advisor,
+        query_every: int = 1,
+        teacher_view: VecTeacherView | None = None,
+        cache: AdviceCache | str | os.PathLike[str] | None = None,
+        info_key: str = ADVICE_INFO_KEY,
+    ):
+        super().__init__(venv)
+        if query_every < 1:
+            raise ValueError(f"query_every must be >= 1, got {query_every}")
+        if not isinstance(advisor, Advisor):
+            raise TypeError(f"advisor must be an sb3_vlm Advisor, got {type(advisor).__name__}")
+        self.advisor: Advisor = advisor if cache is None else CachedAdvisor(advisor, cache)
+        self.query_every = query_every
+        self.teacher_view = teacher_view or default_vec_teacher_view
+        self.info_key = info_key
+        self.episode_steps = np.zeros(self.num_envs, dtype=np.int64)
+        self.current: list[Advice] = [Advice.invalid(source="not-reset") for _ in range(self.num_envs)]
+        self.n_skipped = 0
+        self.n_batches = 0
+
+    @property
+    def advisor_stats(self) -> AdvisorStats:
+        return self.advisor.stats
+
+    def _refresh(self, obs: VecEnvObs, indices: list[int]) -> None:
+        """New advice for the envs in ``indices`` (those due a query), one advise() call."""
+        due = [i for i in indices if self.episode_steps[i] % self.query_every == 0]
+        for i in indices:
+            if i not in due:
+                self.current[i] = Advice.invalid(source="skipped")
+                self.n_skipped += 1
+        if not due:
+            return
+        requests = []
+        for i in due:
+            obs_i = {k: v[i] for k, v in obs.items()} if isinstance(obs, dict) else obs[i]  # type: ignore[index]
+            request = self.teacher_view(self.venv, i, obs_i)
+            if request.action_space is None:
+                request.action_space = self.action_space
+            requests.append(request)
+        self.n_batches += 1
+        for i, advice in zip(due, self.advisor.advise(requests), strict=True):
+            self.current[i] = advice
+
+    def reset(self) -> VecEnvObs:
+        obs = self.venv.reset()
+        self.episode_steps[:] = 0
+        self._refresh(obs, list(range(self.num_envs)))
+        return obs
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        for i, info in enumerate(infos):
+            info[self.info_key] = self.current[i]
+        self.episode_steps += 1
+        self.episode_steps[dones] = 0  # auto-reset: obs[i] is the next episode's first observation
+        self._refresh(obs, list(range(self.num_envs)))
+        return obs, rewards, dones, infos
