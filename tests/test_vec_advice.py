@@ -29,12 +29,15 @@ def test_one_batch_per_step_and_alignment_through_auto_resets() -> None:
     venv = VecVLMAdviceWrapper(make_vec_env(CounterEnv, n_envs=4, seed=0), advisor, teacher_view=_view)
     obs = venv.reset()
     assert advisor.batch_sizes == [4]
+    resets = 0
     for _ in range(30):
         acted_on = obs.copy()
         obs, _, dones, infos = venv.step(np.zeros((4, 1), dtype=np.float32))
         for i, info in enumerate(infos):
             advice = info["vlm_advice"]
             assert advice.valid and advice.action[0] == acted_on[i, 0] * 100 + acted_on[i, 1]
+        resets += int(dones.sum())
+    assert resets >= 8
     assert advisor.batch_sizes == [4] * 31  # every step: one call for all four envs, auto-resets included
 
 
