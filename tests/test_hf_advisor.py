@@ -1,0 +1,77 @@
+"""HFAdvisor on tiny random LLaVA and Qwen2-VL checkpoints built offline (no hub access)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+
+pytest.importorskip("transformers")
+
+from sb3_vlm.advice import AdviceRequest
+from sb3_vlm.advisors.hf import HFAdvisor
+from sb3_vlm.advisors.prompts import CONTINUOUS_CONTROL, MINIGRID_PROMPT
+from tests.tiny_vlm import build_tiny_llava, build_tiny_qwen2vl
+
+GRID = spaces.Discrete(7)
+
+
+@pytest.fixture(scope="module", params=["llava", "qwen2vl"])
+def checkpoint(request, tmp_path_factory) -> Path:
+    build = build_tiny_llava if request.param == "llava" else build_tiny_qwen2vl
+    return build(tmp_path_factory.mktemp(request.param))
+
+
+def _requests(n: int) -> list[AdviceRequest]:
+    rng = np.random.default_rng(0)
+    return [
+        AdviceRequest(
+            image=rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+            context={"mission": "get to the green goal square" + " now" * i},  # different lengths: padding matters
+            action_space=GRID,
+        )
+        for i in range(n)
+    ]
+
+
+def test_one_pass_label_scoring_is_the_softmax_of_label_logits(checkpoint: Path) -> None:
+    advisor = HFAdvisor(str(checkpoint), MINIGRID_PROMPT, batch_size=4, model_kwargs=dict(local_files_only=True))
+    requests = _requests(3)
+    advice = advisor.advise(requests)
+    assert all(a.valid and a.probs is not None and a.probs.sum() == pytest.approx(1.0, abs=1e-5) for a in advice)
+    # each request alone, by hand: the same distribution (left padding does not change the last position)
+    ids = advisor.label_token_ids()
+    for request, a in zip(requests, advice, strict=True):
+        inputs = advisor._inputs([request])
+        with th.no_grad():
+            logits = advisor.model(**inputs).logits[0, -1, ids]
+        np.testing.assert_allclose(a.probs, th.softmax(logits, -1).numpy(), atol=1e-4)
+
+
+def test_batched_generation_gives_one_parsed_answer_per_request(checkpoint: Path) -> None:
+    advisor = HFAdvisor(str(checkpoint), MINIGRID_PROMPT, distribution="written", max_new_tokens=4, batch_size=2)
+    advice = advisor.advise(_requests(3))
+    assert len(advice) == 3 and all(isinstance(a.raw, str) for a in advice)
+    assert advisor.stats.queries == 3 and advisor.stats.invalid + sum(a.valid for a in advice) == 3
+    box = spaces.Box(-2.0, 2.0, (1,), dtype=np.float32)
+    prompt = CONTINUOUS_CONTROL.with_(action_names=("torque",))
+    cont = HFAdvisor(str(checkpoint), prompt, max_new_tokens=4).advise(
+        [AdviceRequest(image=np.zeros((32, 32, 3), np.uint8), context={"task": "swing up"}, action_space=box)]
+    )[0]
+    assert cont.valid or cont.raw is not None  # random weights: parsed or counted invalid, never an exception
+
+
+def test_identity_and_bad_arguments(checkpoint: Path, caplog) -> None:
+    import importlib.util
+
+    advisor = HFAdvisor(str(checkpoint), MINIGRID_PROMPT)
+    if "qwen" in checkpoint.name and importlib.util.find_spec("torchvision") is None:
+        # Qwen2-VL's processor needs torchvision: tokenizer + PIL image processor instead, and a warning says so
+        assert type(advisor.processor).__name__ == "SplitProcessor"
+        assert "torchvision is not installed" in caplog.text
+    assert str(checkpoint) in advisor.identity and "adapter=None" in advisor.identity
+    with pytest.raises(ValueError):
+        HFAdvisor(str(checkpoint), MINIGRID_PROMPT, distribution="samples")  # type: ignore[arg-type]
