@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -76,6 +77,61 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _advise(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from sb3_vlm.advisors.factory import advisor_from_spec
+    from sb3_vlm.advisors.prompts import BUILTIN_PROMPTS, MINIGRID_PROMPT, PENDULUM_PROMPT
+
+    console = Console()
+    oracle: Any
+    if args.env.startswith("MiniGrid"):
+        from sb3_vlm.envs.minigrid import MiniGridOracle, make_minigrid_env
+
+        env: Any = make_minigrid_env(args.env)
+        prompt, oracle = MINIGRID_PROMPT, MiniGridOracle()
+    elif args.env.startswith("Pendulum"):
+        from sb3_vlm.envs.pendulum import PendulumSwingUpOracle, make_pendulum_env
+
+        env, prompt, oracle = make_pendulum_env(render_image=True), PENDULUM_PROMPT, PendulumSwingUpOracle()
+    else:
+        console.print(f"[red]sb3-vlm advise knows MiniGrid-* and Pendulum-v1 envs, not {args.env}[/red]")
+        return 2
+    if args.prompt is not None:
+        prompt = BUILTIN_PROMPTS[args.prompt]
+    kwargs: dict[str, Any] = {}
+    if args.base_url:
+        kwargs["base_url"] = args.base_url
+    advisor = advisor_from_spec(args.advisor, prompt, oracle=oracle, **kwargs)
+    env.reset(seed=args.seed)
+    for _ in range(args.steps):
+        env.step(env.action_space.sample())
+    request = env.get_wrapper_attr("teacher_request")()
+    request.action_space = env.action_space
+    system, user = prompt.render(request)
+    console.rule(f"prompt {prompt.identity}")
+    console.print(f"[bold]system:[/bold] {system}\n[bold]user:[/bold] {user}", markup=False, highlight=False)
+    if request.image is not None:
+        console.print(f"[image {request.image.shape[1]}x{request.image.shape[0]} attached]")
+        if args.save_image:
+            from PIL import Image
+
+            Image.fromarray(request.image).save(args.save_image)
+            console.print(f"image saved to {args.save_image}")
+    advice = advisor.advise([request])[0]
+    console.rule(f"answer from {advisor!r}")
+    console.print(advice.raw or "(no text: scripted advisor or log-prob scoring)", markup=False, highlight=False)
+    console.rule("parsed advice")
+    console.print(
+        json.dumps({k: v for k, v in advice.to_dict().items() if k != "raw"}, indent=1), markup=False, highlight=False
+    )
+    extra = {
+        k: getattr(advisor, k) for k in ("tokens", "retries", "parse_failures", "http_errors") if hasattr(advisor, k)
+    }
+    console.print(f"stats: {advisor.stats.as_dict()} {extra}")
+    return 0 if advice.valid else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sb3-vlm", description="Train SB3 policies with advice from VLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +149,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="output folder for the PNG and JSON (default: %(default)s)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.set_defaults(func=_demo)
+
+    from sb3_vlm.advisors.factory import SPEC_HELP
+
+    advise = sub.add_parser(
+        "advise",
+        help="show the rendered prompt, the raw answer and the parsed advice for one observation (prompt debugging)",
+        description="Ask an advisor about one observation of an env and show every stage. Exit code 1 if the answer "
+        "could not be used. Keys come from OPENAI_API_KEY / GEMINI_API_KEY.",
+    )
+    advise.add_argument(
+        "--env", default="MiniGrid-LavaGapS7-v0", help="MiniGrid-* or Pendulum-v1 (default: %(default)s)"
+    )
+    advise.add_argument("--advisor", default="oracle", help=f"{SPEC_HELP} (default: %(default)s)")
+    advise.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    advise.add_argument("--prompt", default=None, help="a built-in prompt name (default: the env's)")
+    advise.add_argument("--seed", type=int, default=0, help="env seed (default: %(default)s)")
+    advise.add_argument("--steps", type=int, default=0, help="random steps before asking (default: %(default)s)")
+    advise.add_argument("--save-image", default=None, help="save the teacher's image to this PNG")
+    advise.set_defaults(func=_advise)
     return parser
 
 

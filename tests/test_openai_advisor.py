@@ -182,3 +182,22 @@ def test_missing_key_is_a_clear_error(monkeypatch) -> None:
 def test_probs_from_top_logprobs_helper() -> None:
     assert probs_from_top_logprobs([("xyz", 0.0)], ["a", "b"]) is None
     np.testing.assert_allclose(probs_from_top_logprobs([("A", 0.0), ("b", 0.0)], ["a", "b"]), [0.5, 0.5])
+
+
+def test_cli_advise_shows_prompt_answer_and_parsed_advice(capsys, monkeypatch) -> None:
+    from sb3_vlm.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-cli-test")
+    written = "left: 0.1, right: 0.1, forward: 0.8"
+    replies = [Reply(body=chat_completion("forward")), Reply(body=chat_completion(written))]
+    with LoopbackServer(replies) as server:
+        code = main(
+            ["advise", "--env", "MiniGrid-LavaGapS7-v0", "--advisor", "openai:test", "--base-url", f"{server.url}/v1"]
+        )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Mission: avoid the lava and get to the green goal square" in out and written in out
+    assert '"valid": true' in out and "sk-cli-test" not in out
+    with LoopbackServer([Reply(body=chat_completion("no idea"))]) as server:
+        code = main(["advise", "--env", "Pendulum-v1", "--advisor", "openai:test", "--base-url", f"{server.url}/v1"])
+    assert code == 1 and "angular velocity" in capsys.readouterr().out  # unusable answer: exit code 1

@@ -199,6 +199,18 @@ CONTINUOUS_CONTROL = PromptTemplate(
     ),
 )
 
+#: Pendulum (context from PendulumTeacherView): the swing-up task, the state, the torque bound
+PENDULUM_PROMPT = PromptTemplate(
+    name="pendulum",
+    system="You control an inverted pendulum seen in the image. You answer with one action and nothing else.",
+    user=(
+        "Swing the pendulum up and balance it upright with as little torque as possible. Its angle from upright is "
+        "{theta:.2f} rad and its angular velocity {theta_dot:.2f} rad/s. The action is {action_bounds} (positive "
+        "turns counter-clockwise). Output ONLY in this exact format: action:[torque]"
+    ),
+    action_names=("torque",),
+)
+
 BUILTIN_PROMPTS: dict[str, PromptTemplate] = {
     p.name: p
     for p in (
@@ -209,5 +221,6 @@ BUILTIN_PROMPTS: dict[str, PromptTemplate] = {
         COVR_HIGHWAY,
         COVR_JAYWALK,
         CONTINUOUS_CONTROL,
+        PENDULUM_PROMPT,
     )
 }
