@@ -13,7 +13,7 @@ pytest.importorskip("google.genai")
 from sb3_vlm.advice import AdviceRequest
 from sb3_vlm.advisors.gemini import GeminiAdvisor
 from sb3_vlm.advisors.prompts import COVR_HIGHWAY, MINIGRID_PROMPT
-from tests.loopback import LoopbackServer, Reply
+from sb3_vlm.testing.loopback import LoopbackServer, Reply
 
 CAR = spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
 IMAGE = np.zeros((8, 8, 3), dtype=np.uint8)

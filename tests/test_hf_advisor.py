@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 from sb3_vlm.advice import AdviceRequest
 from sb3_vlm.advisors.hf import HFAdvisor
 from sb3_vlm.advisors.prompts import CONTINUOUS_CONTROL, MINIGRID_PROMPT
-from tests.tiny_vlm import build_tiny_llava, build_tiny_qwen2vl
+from sb3_vlm.testing.tiny_vlm import build_tiny_llava, build_tiny_qwen2vl
 
 GRID = spaces.Discrete(7)
 

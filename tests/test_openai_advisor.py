@@ -15,7 +15,7 @@ from sb3_vlm.advice import AdviceRequest
 from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
 from sb3_vlm.advisors.prompted import probs_from_top_logprobs
 from sb3_vlm.advisors.prompts import COVR_HIGHWAY, MINIGRID_PROMPT, MINIGRID_TWO_STAGE
-from tests.loopback import LoopbackServer, Reply, chat_completion
+from sb3_vlm.testing.loopback import LoopbackServer, Reply, chat_completion
 
 CAR = spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
 GRID = spaces.Discrete(7)

@@ -107,6 +107,7 @@ class PromptedAdvisor(Advisor):
         self.max_retries, self.max_backoff, self.concurrency = max_retries, max_backoff, concurrency
         self._logprobs_supported: bool | None = None
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self.tokens = 0
         self.retries = 0
         self.parse_failures = 0
@@ -272,5 +273,15 @@ class PromptedAdvisor(Advisor):
     def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
         if len(requests) == 1 or self.concurrency == 1:
             return [self._answer_one(r) for r in requests]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            return list(pool.map(self._answer_one, requests))
+        if self._pool is None:  # kept across batches: thread start-up is not free at 32 requests a step
+            self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sb3-vlm-advisor")
+        return list(self._pool.map(self._answer_one, requests))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pool"], state["_lock"] = None, None  # recreated in the process that unpickles it
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
