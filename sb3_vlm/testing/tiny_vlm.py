@@ -74,7 +74,7 @@ def build_tiny_llava(path: Path) -> Path:
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_index=fast.convert_tokens_to_ids("<image>"),
+        image_token_index=int(fast.convert_tokens_to_ids("<image>")),  # type: ignore[arg-type]
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
     )
@@ -110,7 +110,7 @@ def build_tiny_qwen2vl(path: Path) -> Path:
         padding_side="left",
     )
     fast.add_special_tokens({"additional_special_tokens": SPECIALS_QWEN[1:]})
-    ids = {t: fast.convert_tokens_to_ids(t) for t in SPECIALS_QWEN}
+    ids = {t: int(fast.convert_tokens_to_ids(t)) for t in SPECIALS_QWEN}  # type: ignore[arg-type]
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=len(fast),
