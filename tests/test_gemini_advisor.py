@@ -83,3 +83,14 @@ def test_missing_key(monkeypatch) -> None:
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     with pytest.raises(ValueError, match="GEMINI_API_KEY"):
         GeminiAdvisor("gemini-2.0-flash", COVR_HIGHWAY)
+
+
+def test_slow_reply_past_the_timeout_is_counted() -> None:
+    import time
+
+    with LoopbackServer([Reply(body=_body("action:[0, 0]"), delay=1.5)]) as server:
+        advisor = _advisor(server, timeout=0.3, max_retries=0)
+        start = time.perf_counter()
+        advice = advisor.advise([AdviceRequest(image=IMAGE, action_space=CAR)])[0]
+    assert not advice.valid and time.perf_counter() - start < 1.4
+    assert advisor.stats.errors == 1 and sum(advisor.http_errors.values()) >= 1

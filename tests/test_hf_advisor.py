@@ -75,3 +75,26 @@ def test_identity_and_bad_arguments(checkpoint: Path, caplog) -> None:
     assert str(checkpoint) in advisor.identity and "adapter=None" in advisor.identity
     with pytest.raises(ValueError):
         HFAdvisor(str(checkpoint), MINIGRID_PROMPT, distribution="samples")  # type: ignore[arg-type]
+
+
+def test_lora_adapter_changes_answers_and_identity(checkpoint: Path, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(str(checkpoint))
+    # only the language model's projections (COVR), with non-zero B so the adapter changes the output
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)")
+    )
+    with th.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    plain = HFAdvisor(str(checkpoint), MINIGRID_PROMPT)
+    tuned = HFAdvisor(str(checkpoint), MINIGRID_PROMPT, adapter=str(tmp_path / "adapter"))
+    requests = _requests(2)
+    p0 = np.stack([a.probs for a in plain.advise(requests)])
+    p1 = np.stack([a.probs for a in tuned.advise(requests)])
+    assert not np.allclose(p0, p1, atol=1e-4)
+    assert plain.identity != tuned.identity and str(tmp_path / "adapter") in tuned.identity

@@ -201,3 +201,16 @@ def test_cli_advise_shows_prompt_answer_and_parsed_advice(capsys, monkeypatch) -
     with LoopbackServer([Reply(body=chat_completion("no idea"))]) as server:
         code = main(["advise", "--env", "Pendulum-v1", "--advisor", "openai:test", "--base-url", f"{server.url}/v1"])
     assert code == 1 and "angular velocity" in capsys.readouterr().out  # unusable answer: exit code 1
+
+
+def test_missing_optional_dependency_names_the_extra(monkeypatch) -> None:
+    import sys
+
+    from sb3_vlm.advisors.gemini import GeminiAdvisor
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"sb3-vlm\[api\]"):
+        OpenAIAdvisor("m", COVR_HIGHWAY, base_url="http://127.0.0.1:9/v1")
+    monkeypatch.setitem(sys.modules, "google.genai", None)
+    with pytest.raises(ImportError, match=r"sb3-vlm\[api\]"):
+        GeminiAdvisor("m", COVR_HIGHWAY, api_key="k")
