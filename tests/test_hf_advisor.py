@@ -98,3 +98,20 @@ def test_lora_adapter_changes_answers_and_identity(checkpoint: Path, tmp_path: P
     p1 = np.stack([a.probs for a in tuned.advise(requests)])
     assert not np.allclose(p0, p1, atol=1e-4)
     assert plain.identity != tuned.identity and str(tmp_path / "adapter") in tuned.identity
+
+
+def test_two_stage_prompt_describes_then_scores(checkpoint: Path, monkeypatch) -> None:
+    from sb3_vlm.advisors.prompts import MINIGRID_TWO_STAGE
+
+    advisor = HFAdvisor(str(checkpoint), MINIGRID_TWO_STAGE, max_new_tokens=3)
+    seen: list[list[str] | None] = []
+    original = advisor.score_labels
+
+    def spy(requests, descriptions=None):
+        seen.append(None if descriptions is None else list(descriptions))
+        return original(requests, descriptions)
+
+    monkeypatch.setattr(advisor, "score_labels", spy)
+    advice = advisor.advise(_requests(2))
+    assert all(a.valid for a in advice)
+    assert seen and seen[0] is not None and len(seen[0]) == 2  # first-stage texts reached the scoring pass
