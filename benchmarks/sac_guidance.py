@@ -4,7 +4,8 @@ Advisors: the swing-up oracle (reliability 1.0), the oracle made 50 % reliable (
 actions), and ERPv's "worst model" (always 0). Each (method, advisor, seed) is a GuidedSAC run of ``--steps`` env steps
 evaluated every ``--eval-every`` steps (deterministic, plain Pendulum). ERPv / RSF first pre-train their advice
 critic C_V by Random Alternating Exploration for ``--critic-steps`` (reported, not counted in the curve). VARL's
-cutoff N_s is 30 % of the run (VARL: 30k of 100k). Writes under ``--out``: ``runs.jsonl`` (resumable), ``runs.json``,
+cutoff N_s is 30 % of the run (VARL: 30k of 100k). ``erpv_cv`` is ERPv with ``vpg_reference="advice"`` (Q_r
+from C_V instead of the untrained RL critic). Writes under ``--out``: ``runs.jsonl`` (resumable), ``runs.json``,
 ``pendulum.png`` (one panel per advisor), ``summary.json`` / ``summary.md`` (steps to mean return -200, final return,
 and the two ERPv targets: faster than SAC with the oracle; within 10 % of SAC with the worst model).
 
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ["erpv", "varl", "covr", "apl", "rsf"]
+METHODS = ["erpv", "varl", "covr", "apl", "rsf", "erpv_cv"]
 
 
 def _key(job: dict[str, Any]) -> tuple[Any, ...]:

@@ -168,6 +168,7 @@ def test_method_defaults_are_the_papers() -> None:
         (dict(method="nope"), ValueError),
         (dict(guidance="nope"), ValueError),
         (dict(ver_confidence="nope"), ValueError),
+        (dict(vpg_reference="nope"), ValueError),
         (dict(guidance_coef=-1.0), ValueError),
         (dict(advice_critic=object()), TypeError),
         (dict(n_steps=3), ValueError),
@@ -199,6 +200,24 @@ def test_advice_critic_stays_frozen_and_receives_no_gradient() -> None:
     assert not model.advice_critic.training
     for k, v in model.advice_critic.state_dict().items():
         assert th.equal(v, before[k]), k
+
+
+def test_vpg_reference_advice_scores_both_actions_with_c_v(monkeypatch) -> None:
+    critic = AdviceCritic(spaces.Box(-8, 8, (3,)), BOX, net_arch=[8])
+    calls: list[th.Tensor] = []
+    original = AdviceCritic.q_value
+
+    def spy(self, obs, actions):
+        calls.append(actions)
+        return original(self, obs, actions)
+
+    monkeypatch.setattr(AdviceCritic, "q_value", spy)
+    for reference, per_update in (("rl", 1), ("advice", 2)):
+        calls.clear()
+        model = GuidedSAC("MlpPolicy", _pendulum(), advice_critic=critic, vpg_reference=reference, ver=False, **SMALL)
+        model.learn(30)  # 10 gradient steps
+        assert len(calls) == 10 * per_update
+        assert all(not a.requires_grad for a in calls)
 
 
 def test_guidance_cutoff_switches_the_term_off() -> None:

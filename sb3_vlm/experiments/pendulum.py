@@ -22,6 +22,8 @@ SAC_KWARGS: dict[str, Any] = dict(
     learning_rate=1e-3, batch_size=256, learning_starts=100, policy_kwargs=dict(net_arch=[64, 64])
 )
 ADVISORS = ("oracle", "noisy0.5", "worst")
+#: benchmark labels that are a method plus non-default arguments
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"erpv_cv": ("erpv", dict(vpg_reference="advice"))}
 THRESHOLD = -200.0
 
 
@@ -70,13 +72,15 @@ def run(
     """
     Train one GuidedSAC run and return its evaluation curve and summary numbers.
 
-    :param method: a :data:`~sb3_vlm.sac.guided_sac.METHOD_PRESETS` key
+    :param method: a :data:`~sb3_vlm.sac.guided_sac.METHOD_PRESETS` key or a :data:`VARIANTS` label
     :param critic_steps: RAE pre-training steps of ERPv's C_V (not counted in ``steps``)
     :param cutoff_fraction: VARL's N_s as a fraction of ``steps`` (VARL: 30k of 100k)
     """
     start = time.time()
+    label = method
+    method, variant = VARIANTS.get(label, (label, {}))
     advisor = make_advisor(advisor_name, seed)
-    kwargs: dict[str, Any] = dict(SAC_KWARGS)
+    kwargs: dict[str, Any] = dict(SAC_KWARGS, **variant)
     if method in ("erpv", "rsf") and critic_steps > 0:
         kwargs["advice_critic"] = pretrain_advice_critic(
             make_pendulum_env(), make_advisor(advisor_name, seed + 1000), steps=critic_steps, seed=seed, **SAC_KWARGS
@@ -90,7 +94,7 @@ def run(
     callback = EvalCurveCallback(eval_every, eval_episodes, seed)
     model.learn(steps, callback=callback)
     return dict(
-        method=method,
+        method=label,
         advisor=advisor_name,
         seed=seed,
         steps=steps,

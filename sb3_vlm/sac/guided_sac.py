@@ -92,6 +92,10 @@ class GuidedSAC(SAC):
         method's default (30k for VARL, never otherwise); ``0`` or negative: never
     :param advice_critic: ERPv's C_V: an :class:`~sb3_vlm.policies.AdviceCritic`; ``"rl"`` uses the RL critic on
         purpose (ablation M9); ``None`` falls back to the RL critic with a warning when VPG is used
+    :param vpg_reference: which critic scores the policy's own action for Q_f: ``"rl"`` (ERPv: ``Q_r = C_R(o, a_r)``)
+        or ``"advice"`` (``Q_r = C_V(o, a_r)``: both actions judged by the same critic). With ERPv's choice an
+        untrained C_R (≈ 0) looks better than a trained C_V wherever rewards are negative (e.g. Pendulum), which keeps
+        Q_f at 0 until C_R has learned the reward scale; ``"advice"`` avoids that mismatch
     :param ver: VLM-guided entropy regularisation (needs ``ent_coef="auto"``)
     :param ver_coef: λ2 of eq. 7
     :param ver_alpha_target: ``"decreasing"`` (``ᾱ = sigmoid(−G)``, the behaviour ERPv describes) or ``"paper"``
@@ -149,6 +153,7 @@ class GuidedSAC(SAC):
         guidance_coef: float | CoefSchedule | None = None,
         guidance_cutoff: int | None = None,
         advice_critic: AdviceCritic | Literal["rl"] | None = None,
+        vpg_reference: Literal["rl", "advice"] = "rl",
         ver: bool | None = None,
         ver_coef: float = 10.0,
         ver_alpha_target: Literal["decreasing", "paper"] = "decreasing",
@@ -188,6 +193,7 @@ class GuidedSAC(SAC):
             ("ver_alpha_target", ver_alpha_target, ("decreasing", "paper")),
             ("ver_confidence", ver_confidence, ("transition", "action_mse", "policy_action")),
             ("ver_next_state", ver_next_state, ("observed", "predicted")),
+            ("vpg_reference", vpg_reference, ("rl", "advice")),
             ("bc_loss", bc_loss, ("nll", "mse")),
         ):
             if value not in allowed:
@@ -201,6 +207,7 @@ class GuidedSAC(SAC):
         self.guidance = guidance
         self.guidance_coef = guidance_coef
         self.guidance_cutoff = guidance_cutoff if guidance_cutoff is not None and guidance_cutoff > 0 else None
+        self.vpg_reference = vpg_reference
         self.ver = bool(preset["ver"] if ver is None else ver)
         self.ver_coef = float(ver_coef)
         self.ver_alpha_target = ver_alpha_target
@@ -376,7 +383,8 @@ class GuidedSAC(SAC):
         stats: dict[str, float] = {}
         if self.guidance in ("vpg", "random_gate"):
             if self.guidance == "vpg":
-                q_f = value_aware_factor(min_qf_pi, self._advice_q(obs, advice), valid)
+                q_r = min_qf_pi if self.vpg_reference == "rl" else self._advice_q(obs, actions_pi.detach())
+                q_f = value_aware_factor(q_r, self._advice_q(obs, advice), valid)
             else:  # RSF: Q_f ~ U[0, 1]
                 q_f = th.rand(valid.shape, device=valid.device) * (valid > 0)
             n_valid = max(float((valid > 0).sum()), 1.0)
