@@ -7,7 +7,7 @@ milliseconds per gradient step are reported. Writes ``update_cost.json`` and ``u
 
 Usage::
 
-    python benchmarks/sac_update_cost.py            # a few minutes on 2 CPU cores
+    python benchmarks/sac_update_cost.py            # about 3 minutes on a CPU core (the CNN dominates)
     python benchmarks/sac_update_cost.py --quick    # CI smoke
 """
 
@@ -70,8 +70,8 @@ def _ms_per_step(model: Any, steps: int, batch_size: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     parser.add_argument("--out", default="benchmarks/results/sac_guidance")
     parser.add_argument("--quick", action="store_true")
