@@ -32,6 +32,7 @@ bench-quick: install-dev
 	$(PY) benchmarks/minigrid_distill.py --quick --out benchmarks/results/quick
 	$(PY) benchmarks/sac_guidance.py --quick --out benchmarks/results/quick
 	$(PY) benchmarks/sac_update_cost.py --quick --out benchmarks/results/quick
+	$(PY) benchmarks/advisor_throughput.py --quick --out benchmarks/results/quick
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache

@@ -17,30 +17,47 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+
+
+def _serve(latency: float, urls: Any, stop: Any) -> None:
+    from sb3_vlm.testing import LoopbackServer, Reply, chat_completion
+
+    with LoopbackServer([Reply(body=chat_completion("action:[0.0, 1.0]"), delay=latency)]) as server:
+        urls.put(server.url)
+        stop.wait()
 
 
 def api_throughput(concurrency: int, latency: float, n_requests: int) -> float:
     from sb3_vlm.advice import AdviceRequest
     from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
     from sb3_vlm.advisors.prompts import COVR_HIGHWAY
-    from sb3_vlm.testing import LoopbackServer, Reply, chat_completion
 
     box = spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
     image = np.zeros((64, 64, 3), dtype=np.uint8)
-    with LoopbackServer([Reply(body=chat_completion("action:[0.0, 1.0]"), delay=latency)]) as server:
-        advisor = OpenAIAdvisor(
-            "bench", COVR_HIGHWAY, base_url=f"{server.url}/v1", api_key="none", concurrency=concurrency
-        )
-        advisor.advise([AdviceRequest(image=image, action_space=box)])  # connection warm-up
+    # the server runs in its own process, like a remote endpoint: it must not share the client's GIL and core
+    ctx = mp.get_context("spawn")
+    urls, stop = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=_serve, args=(latency, urls, stop), daemon=True)
+    server.start()
+    try:
+        url = urls.get(timeout=60)
+        advisor = OpenAIAdvisor("bench", COVR_HIGHWAY, base_url=f"{url}/v1", api_key="none", concurrency=concurrency)
+        # warm-up wave: the pool's threads and keep-alive connections exist before timing (steady state)
+        advisor.advise([AdviceRequest(image=image, action_space=box) for _ in range(concurrency)])
         start = time.perf_counter()
         answers = advisor.advise([AdviceRequest(image=image, action_space=box) for _ in range(n_requests)])
         elapsed = time.perf_counter() - start
+    finally:
+        stop.set()
+        server.join(timeout=10)
     assert all(a.valid for a in answers)
     return n_requests / elapsed
 
@@ -79,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
-    parser.add_argument("--requests-per-slot", type=int, default=4, help="requests = this x concurrency (min 16)")
+    parser.add_argument("--requests-per-slot", type=int, default=8, help="requests = this x concurrency (min 16)")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/advisor_throughput")

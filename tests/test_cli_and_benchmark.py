@@ -70,3 +70,15 @@ def test_sac_benchmarks_quick_smoke(tmp_path: Path) -> None:
     )
     cost = json.loads((tmp_path / "update_cost.json").read_text())["results"]["mlp"]
     assert {"sac (SB3)", "guided erpv", "guided varl"} <= set(cost) and all(v > 0 for v in cost.values())
+
+
+def test_advisor_throughput_quick_smoke(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "advisor_throughput.py"), "--quick", "--out", str(tmp_path)],
+        check=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    result = json.loads((tmp_path / "throughput.json").read_text())
+    assert set(result["api"]) == {"1", "8"} and all(v["requests_per_s"] > 0 for v in result["api"].values())
+    assert set(result["hf"]) == {"label scoring", "generation"}
