@@ -7,7 +7,7 @@ from typing import Any
 
 from sb3_vlm.advice import AdviceRequest
 from sb3_vlm.advisors.openai_compat import encode_image
-from sb3_vlm.advisors.prompted import Distribution, Generation, PromptedAdvisor, RetryDecision
+from sb3_vlm.advisors.prompted import Call, Distribution, Generation, PromptedAdvisor, RetryDecision
 from sb3_vlm.advisors.prompts import PromptTemplate
 
 
@@ -85,31 +85,20 @@ class GeminiAdvisor(PromptedAdvisor):
             return RetryDecision(name, True)
         return None
 
-    def _generate(
-        self,
-        request: AdviceRequest,
-        system: str,
-        user: str,
-        *,
-        max_tokens: int,
-        temperature: float,
-        n: int = 1,
-        logprobs: bool = False,
-        schema: dict[str, Any] | None = None,
-    ) -> Generation:
+    def _generate(self, request: AdviceRequest, call: Call) -> Generation:
         types = self._types
-        parts: list[Any] = [types.Part.from_text(text=user)]
+        parts: list[Any] = [types.Part.from_text(text=call.user)]
         if request.image is not None:
             parts.append(types.Part.from_bytes(data=encode_image(request.image), mime_type="image/png"))
-        config: dict[str, Any] = dict(temperature=temperature, max_output_tokens=max_tokens)
-        if system:
-            config["system_instruction"] = system
-        if n > 1:
-            config["candidate_count"] = n
-        if logprobs:
+        config: dict[str, Any] = dict(temperature=call.temperature, max_output_tokens=call.max_tokens)
+        if call.system:
+            config["system_instruction"] = call.system
+        if call.n > 1:
+            config["candidate_count"] = call.n
+        if call.logprobs:
             config.update(response_logprobs=True, logprobs=20)
-        if schema is not None:
-            config.update(response_mime_type="application/json", response_json_schema=schema)
+        if call.schema is not None:
+            config.update(response_mime_type="application/json", response_json_schema=call.schema)
         response = self._client.models.generate_content(
             model=self.model,
             contents=[types.Content(role="user", parts=parts)],
@@ -118,7 +107,7 @@ class GeminiAdvisor(PromptedAdvisor):
         candidates = response.candidates or []
         texts = ["".join(p.text or "" for p in (c.content.parts or [])) if c.content else "" for c in candidates]
         top = None
-        if logprobs and candidates and candidates[0].logprobs_result is not None:
+        if call.logprobs and candidates and candidates[0].logprobs_result is not None:
             tops = candidates[0].logprobs_result.top_candidates or []
             if tops and tops[0].candidates:
                 top = [(c.token or "", float(c.log_probability or 0.0)) for c in tops[0].candidates]

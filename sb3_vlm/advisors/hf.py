@@ -11,7 +11,7 @@ import torch as th
 from gymnasium import spaces
 
 from sb3_vlm.advice import Advice, AdviceRequest
-from sb3_vlm.advisors.prompted import Generation, PromptedAdvisor, RetryDecision
+from sb3_vlm.advisors.prompted import Call, Generation, PromptedAdvisor, RetryDecision
 from sb3_vlm.advisors.prompts import PromptTemplate
 
 logger = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ class HFAdvisor(PromptedAdvisor):
             self.prompt = saved
 
     # PromptedAdvisor's per-request API path is not used: batches are local
-    def _generate(self, request: AdviceRequest, system: str, user: str, **kwargs: Any) -> Generation:
+    def _generate(self, request: AdviceRequest, call: Call) -> Generation:
         raise NotImplementedError
 
     def _classify(self, exc: Exception) -> RetryDecision | None:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from sb3_vlm.advice import AdviceRequest
-from sb3_vlm.advisors.prompted import Distribution, Generation, PromptedAdvisor, RetryDecision
+from sb3_vlm.advisors.prompted import Call, Distribution, Generation, PromptedAdvisor, RetryDecision
 from sb3_vlm.advisors.prompts import PromptTemplate
 
 #: Gemini's OpenAI-compatible endpoint
@@ -120,35 +120,27 @@ class OpenAIAdvisor(PromptedAdvisor):
             return RetryDecision(f"HTTP {exc.status_code}", False)
         return None
 
-    def _generate(
-        self,
-        request: AdviceRequest,
-        system: str,
-        user: str,
-        *,
-        max_tokens: int,
-        temperature: float,
-        n: int = 1,
-        logprobs: bool = False,
-        schema: dict[str, Any] | None = None,
-    ) -> Generation:
-        content: list[dict[str, Any]] = [{"type": "text", "text": user}]
+    def _generate(self, request: AdviceRequest, call: Call) -> Generation:
+        content: list[dict[str, Any]] = [{"type": "text", "text": call.user}]
         if request.image is not None:
             url = image_data_url(request.image, self.image_format)
             content.append({"type": "image_url", "image_url": {"url": url, "detail": self.detail}})
-        messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+        messages: list[dict[str, Any]] = [{"role": "system", "content": call.system}] if call.system else []
         messages.append({"role": "user", "content": content})
-        kwargs: dict[str, Any] = dict(messages=messages, max_tokens=max_tokens, temperature=temperature)
-        if n > 1:
-            kwargs["n"] = n
-        if logprobs:
+        kwargs: dict[str, Any] = dict(messages=messages, max_tokens=call.max_tokens, temperature=call.temperature)
+        if call.n > 1:
+            kwargs["n"] = call.n
+        if call.logprobs:
             kwargs.update(logprobs=True, top_logprobs=20)
-        if schema is not None:
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "advice", "schema": schema}}
+        if call.schema is not None:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "advice", "schema": call.schema},
+            }
         response = self._client.chat.completions.create(model=self.model, **kwargs)
         usage = getattr(response, "usage", None)
         texts = [c.message.content or "" for c in response.choices]
-        top = _top_logprobs(response.choices[0]) if logprobs and response.choices else None
+        top = _top_logprobs(response.choices[0]) if call.logprobs and response.choices else None
         return Generation(texts, top, int(getattr(usage, "total_tokens", 0) or 0))
 
 

@@ -38,6 +38,19 @@ class Generation:
 
 
 @dataclass
+class Call:
+    """What one backend call asks for: the rendered texts and the sampling settings."""
+
+    system: str
+    user: str
+    max_tokens: int
+    temperature: float
+    n: int = 1  # answers to sample
+    logprobs: bool = False  # return the first token's top log-probabilities
+    schema: dict[str, Any] | None = None  # JSON schema of the answer (structured output)
+
+
+@dataclass
 class RetryDecision:
     """How a backend classifies an exception: a counter name, whether to retry, the server's Retry-After (s)."""
 
@@ -116,18 +129,7 @@ class PromptedAdvisor(Advisor):
     # ------------------------------------------------------------------ backend interface
 
     @abstractmethod
-    def _generate(
-        self,
-        request: AdviceRequest,
-        system: str,
-        user: str,
-        *,
-        max_tokens: int,
-        temperature: float,
-        n: int = 1,
-        logprobs: bool = False,
-        schema: dict[str, Any] | None = None,
-    ) -> Generation:
+    def _generate(self, request: AdviceRequest, call: Call) -> Generation:
         """One backend call (no retries: :meth:`_with_retries` wraps it)."""
 
     @abstractmethod
@@ -159,8 +161,9 @@ class PromptedAdvisor(Advisor):
                 time.sleep(min(wait, self.max_backoff))
         raise AssertionError("unreachable")
 
-    def _call(self, request: AdviceRequest, system: str, user: str, **kwargs: Any) -> Generation:
-        generation = self._with_retries(lambda: self._generate(request, system, user, **kwargs))
+    def _call(self, request: AdviceRequest, system: str, user: str, **settings: Any) -> Generation:
+        call = Call(system, user, **settings)
+        generation = self._with_retries(lambda: self._generate(request, call))
         with self._lock:
             self.tokens += generation.tokens
         return generation

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch as th
 
@@ -21,6 +22,15 @@ CORPUS = [
     "left right forward pickup drop toggle done",
     "action: [0.1, -0.5] steer throttle Mission: get to the green goal square system user assistant",
 ] * 50
+#: the language model of both tiny VLMs: one layer, 32 wide, grouped-query attention
+TINY_TEXT: dict[str, Any] = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=512,
+)
 
 
 def _tokenizer(specials: list[str]):
@@ -61,12 +71,7 @@ def build_tiny_llava(path: Path) -> Path:
     )
     text = LlamaConfig(
         vocab_size=len(fast),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
+        **TINY_TEXT,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
@@ -114,12 +119,7 @@ def build_tiny_qwen2vl(path: Path) -> Path:
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=len(fast),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=512,
+            **TINY_TEXT,
             rope_theta=10000.0,
             tie_word_embeddings=True,
             rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
