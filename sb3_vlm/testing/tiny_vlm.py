@@ -30,6 +30,8 @@ TINY_TEXT: dict[str, Any] = dict(
     num_attention_heads=2,
     num_key_value_heads=1,
     max_position_embeddings=512,
+    # wider than the usual 0.02 so a 32-wide model can still make confident predictions once fine-tuned
+    initializer_range=0.3,
 )
 
 
@@ -67,7 +69,8 @@ def build_tiny_llava(path: Path) -> Path:
     )
     fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
     vision = CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14,
+        initializer_factor=10.0,
     )
     text = LlamaConfig(
         vocab_size=len(fast),
