@@ -24,17 +24,14 @@ def test_demo_writes_table_png_and_json(tmp_path: Path, capsys) -> None:
     assert guided["advisor_queries"] == guided["distinct_views"]  # the cache never asks twice for one view
 
 
-def test_benchmark_quick_smoke(tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "minigrid_distill.py"),
-        "--quick",
-        "--steps",
-        "1024",
-        "--out",
-        str(tmp_path),
-    ]
+def _run_benchmark(name: str, *args: str, out: Path) -> None:
+    """A benchmark script in a subprocess, as a user runs it from the repository root."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args, "--out", str(out)]
     subprocess.run(cmd, check=True, timeout=600, cwd=ROOT)
+
+
+def test_benchmark_quick_smoke(tmp_path: Path) -> None:
+    _run_benchmark("minigrid_distill", "--quick", "--steps", "1024", out=tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     labels = {(r["algo"], r["label"]) for r in summary["rows"]}
     assert ("ppo", "unguided") in labels and ("a2c", "guided r=0.8") in labels
@@ -44,12 +41,7 @@ def test_benchmark_quick_smoke(tmp_path: Path) -> None:
 
 
 def test_sac_benchmarks_quick_smoke(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "sac_guidance.py"), "--quick", "--out", str(tmp_path)],
-        check=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    _run_benchmark("sac_guidance", "--quick", out=tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {(r["method"], r["advisor"]) for r in summary["rows"]} == {
         ("sac", "-"),
@@ -62,23 +54,13 @@ def test_sac_benchmarks_quick_smoke(tmp_path: Path) -> None:
     runs = json.loads((tmp_path / "runs.json").read_text())
     assert len(runs) == 3 and all(len(r["curve_steps"]) == 2 for r in runs)
 
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "sac_update_cost.py"), "--quick", "--out", str(tmp_path)],
-        check=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    _run_benchmark("sac_update_cost", "--quick", out=tmp_path)
     cost = json.loads((tmp_path / "update_cost.json").read_text())["results"]["mlp"]
     assert {"sac (SB3)", "guided erpv", "guided varl"} <= set(cost) and all(v > 0 for v in cost.values())
 
 
 def test_advisor_throughput_quick_smoke(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "advisor_throughput.py"), "--quick", "--out", str(tmp_path)],
-        check=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    _run_benchmark("advisor_throughput", "--quick", out=tmp_path)
     result = json.loads((tmp_path / "throughput.json").read_text())
     assert set(result["api"]) == {"1", "8"} and all(v["requests_per_s"] > 0 for v in result["api"].values())
     assert set(result["hf"]) == {"label scoring", "generation"}

@@ -40,7 +40,7 @@ class GeminiAdvisor(PromptedAdvisor):
         timeout: float = 30.0,
         **kwargs: Any,
     ):
-        super().__init__(prompt, distribution=distribution, **kwargs)
+        super().__init__(prompt, distribution=distribution, structured=structured, **kwargs)
         try:
             from google import genai
             from google.genai import errors, types
@@ -49,7 +49,7 @@ class GeminiAdvisor(PromptedAdvisor):
         key = api_key if api_key is not None else os.environ.get(api_key_env) or os.environ.get("GOOGLE_API_KEY")
         if key is None:
             raise ValueError(f"No API key: pass api_key=... or set {api_key_env}")
-        self.model, self.base_url, self.structured, self.timeout = model, base_url, structured, timeout
+        self.model, self.base_url, self.timeout = model, base_url, timeout
         # retries are PromptedAdvisor's (attempts=1) so each one is counted; the SDK's timeout is in milliseconds
         options = types.HttpOptions(
             base_url=base_url, timeout=int(timeout * 1000), retry_options=types.HttpRetryOptions(attempts=1)
@@ -59,10 +59,7 @@ class GeminiAdvisor(PromptedAdvisor):
 
     @property
     def identity(self) -> str:
-        return (
-            f"gemini:{self.base_url or 'google'}:{self.model}:{self.prompt.identity}:t={self.temperature}:"
-            f"dist={self.distribution}:n={self.n_samples}:max={self.max_tokens}:json={self.structured}"
-        )
+        return f"gemini:{self.base_url or 'google'}:{self.model}:{self.settings_identity()}"
 
     def __repr__(self) -> str:
         return f"GeminiAdvisor(model={self.model!r}, prompt={self.prompt.name!r})"

@@ -157,10 +157,7 @@ class HFAdvisor(PromptedAdvisor):
 
     @property
     def identity(self) -> str:
-        return (
-            f"hf:{self.model_name}:adapter={self.adapter}:{self.prompt.identity}:dist={self.distribution}:"
-            f"t={self.temperature}:max={self.max_tokens}:dtype={self.dtype}"
-        )
+        return f"hf:{self.model_name}:adapter={self.adapter}:{self.settings_identity()}:dtype={self.dtype}"
 
     def __repr__(self) -> str:
         return f"HFAdvisor(model={self.model_name!r}, adapter={self.adapter!r}, prompt={self.prompt.name!r})"

@@ -80,13 +80,13 @@ class OpenAIAdvisor(PromptedAdvisor):
         image_format: str = "png",
         **kwargs: Any,
     ):
-        super().__init__(prompt, distribution=distribution, **kwargs)
+        super().__init__(prompt, distribution=distribution, structured=structured, **kwargs)
         try:
             import openai
         except ImportError as exc:
             raise ImportError("OpenAIAdvisor needs the 'api' extra: pip install 'sb3-vlm[api]'") from exc
         self.model, self.base_url, self.detail = model, base_url, detail
-        self.structured, self.timeout, self.image_format = structured, timeout, image_format
+        self.timeout, self.image_format = timeout, image_format
         key = api_key if api_key is not None else os.environ.get(api_key_env)
         if key is None and base_url is None:
             raise ValueError(f"No API key: pass api_key=... or set {api_key_env}")
@@ -98,9 +98,7 @@ class OpenAIAdvisor(PromptedAdvisor):
     def identity(self) -> str:
         # everything that changes answers; never the key
         return (
-            f"openai:{self.base_url or 'api.openai.com'}:{self.model}:{self.prompt.identity}:t={self.temperature}:"
-            f"dist={self.distribution}:n={self.n_samples}:max={self.max_tokens}:detail={self.detail}:"
-            f"json={self.structured}"
+            f"openai:{self.base_url or 'api.openai.com'}:{self.model}:{self.settings_identity()}:detail={self.detail}"
         )
 
     def __repr__(self) -> str:

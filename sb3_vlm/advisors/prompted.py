@@ -97,6 +97,7 @@ class PromptedAdvisor(Advisor):
     :param max_backoff: longest wait between retries (exponential 0.5 s · 2^k with jitter, or the server's
         Retry-After)
     :param concurrency: requests of one batch in flight at once
+    :param structured: ask the backend for JSON output following :meth:`schema` (where it supports it)
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class PromptedAdvisor(Advisor):
         max_retries: int = 3,
         max_backoff: float = 30.0,
         concurrency: int = 8,
+        structured: bool = False,
     ):
         super().__init__()
         if distribution not in ("auto", "logprobs", "samples", "written"):
@@ -118,6 +120,7 @@ class PromptedAdvisor(Advisor):
         self.prompt, self.distribution, self.n_samples = prompt, distribution, n_samples
         self.temperature, self.max_tokens = temperature, max_tokens
         self.max_retries, self.max_backoff, self.concurrency = max_retries, max_backoff, concurrency
+        self.structured = structured
         self._logprobs_supported: bool | None = None
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -135,6 +138,13 @@ class PromptedAdvisor(Advisor):
     @abstractmethod
     def _classify(self, exc: Exception) -> RetryDecision | None:
         """How to treat ``exc``; None for exceptions that are not the backend's (they propagate)."""
+
+    def settings_identity(self) -> str:
+        """The prompt and every sampling setting that changes answers (each backend prefixes its model)."""
+        return (
+            f"{self.prompt.identity}:t={self.temperature}:dist={self.distribution}:n={self.n_samples}:"
+            f"max={self.max_tokens}:json={self.structured}"
+        )
 
     # ------------------------------------------------------------------ machinery
 
@@ -219,7 +229,7 @@ class PromptedAdvisor(Advisor):
 
     # ------------------------------------------------------------------ one request, a batch
 
-    def answer(self, request: AdviceRequest, structured: bool = False) -> Advice:
+    def answer(self, request: AdviceRequest) -> Advice:
         """Everything for one request (may raise after retries; :meth:`_advise` turns that into invalid advice)."""
         space = request.action_space
         description = ""
@@ -248,7 +258,7 @@ class PromptedAdvisor(Advisor):
             if self._logprobs_supported is None:
                 logger.warning("%s returns no log-probabilities; using written probabilities instead", self.identity)
             self._logprobs_supported = False
-        schema = self.schema(space) if structured else None
+        schema = self.schema(space) if self.structured else None
         if isinstance(space, spaces.Discrete) and self.distribution == "samples":
             gen = self._call(
                 request,
@@ -265,7 +275,7 @@ class PromptedAdvisor(Advisor):
 
     def _answer_one(self, request: AdviceRequest) -> Advice:
         try:
-            return self.answer(request, structured=getattr(self, "structured", False))
+            return self.answer(request)
         except Exception as exc:  # one failed request must not fail its whole batch
             self._count("failed")
             logger.warning("%s: request failed after retries: %r", self.identity, exc)

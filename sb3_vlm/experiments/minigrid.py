@@ -22,6 +22,7 @@ from sb3_vlm.advisors.base import Advisor
 from sb3_vlm.advisors.cache import AdviceCache
 from sb3_vlm.advisors.scripted import NoisyAdvisor
 from sb3_vlm.envs.minigrid import MiniGridOracle, make_minigrid_env
+from sb3_vlm.experiments.runner import steps_to_threshold
 from sb3_vlm.guidance.schedules import CoefSchedule, KickstartingCoef
 from sb3_vlm.ppo import GuidedPPO
 from sb3_vlm.wrappers import VLMAdviceWrapper
@@ -87,14 +88,6 @@ class EpisodeCurveCallback(BaseCallback):
                 self.steps.append(int(self.num_timesteps))
                 self.means.append(float(np.mean(self.returns[-self.window :])))
         return True
-
-
-def steps_to_threshold(steps: list[int], means: list[float], threshold: float) -> int | None:
-    """First recorded step whose rolling mean return reaches ``threshold`` (None if never)."""
-    for s, m in zip(steps, means, strict=True):
-        if m >= threshold:
-            return s
-    return None
 
 
 def make_advisor(reliability: float, seed: int) -> Advisor:

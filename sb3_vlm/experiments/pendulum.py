@@ -13,7 +13,7 @@ from stable_baselines3.common.monitor import Monitor
 from sb3_vlm.advisors.base import Advisor
 from sb3_vlm.advisors.scripted import ConstantAdvisor, NoisyAdvisor
 from sb3_vlm.envs.pendulum import PendulumSwingUpOracle, make_pendulum_env
-from sb3_vlm.experiments.minigrid import steps_to_threshold
+from sb3_vlm.experiments.runner import steps_to_threshold
 from sb3_vlm.sac import GuidedSAC, pretrain_advice_critic
 from sb3_vlm.wrappers.advice import VLMAdviceWrapper
 

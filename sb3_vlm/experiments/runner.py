@@ -50,3 +50,11 @@ def run_jobs(
         return runs
     wanted = {key(j) for j in jobs}
     return [r for r in runs if key(r) in wanted]
+
+
+def steps_to_threshold(steps: list[int], means: list[float], threshold: float) -> int | None:
+    """First recorded step whose rolling mean return reaches ``threshold`` (None if never)."""
+    for s, m in zip(steps, means, strict=True):
+        if m >= threshold:
+            return s
+    return None

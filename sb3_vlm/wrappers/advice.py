@@ -38,6 +38,15 @@ def default_teacher_view(env: gym.Env, obs: Any) -> AdviceRequest:
     )
 
 
+def resolve_advisor(advisor: Advisor, query_every: int, cache: AdviceCache | str | os.PathLike[str] | None) -> Advisor:
+    """Check the arguments both advice wrappers share and put the cache in front of the advisor."""
+    if query_every < 1:
+        raise ValueError(f"query_every must be >= 1, got {query_every}")
+    if not isinstance(advisor, Advisor):
+        raise TypeError(f"advisor must be an sb3_vlm Advisor, got {type(advisor).__name__}")
+    return advisor if cache is None else CachedAdvisor(advisor, cache)
+
+
 class VLMAdviceWrapper(gym.Wrapper):
     """
     Ask an advisor about the observations the agent acts on and put the answer in ``info``.
@@ -71,12 +80,8 @@ class VLMAdviceWrapper(gym.Wrapper):
         # Not a RecordConstructorArgs wrapper on purpose: Gymnasium deep-copies recorded arguments whenever `env.spec`
         # is read, and an advisor may hold a multi-GB model or an API client. So the env spec cannot re-create it.
         super().__init__(env)
-        if query_every < 1:
-            raise ValueError(f"query_every must be >= 1, got {query_every}")
-        if not isinstance(advisor, Advisor):
-            raise TypeError(f"advisor must be an sb3_vlm Advisor, got {type(advisor).__name__}")
+        self.advisor: Advisor = resolve_advisor(advisor, query_every, cache)
         self.base_advisor = advisor
-        self.advisor: Advisor = advisor if cache is None else CachedAdvisor(advisor, cache)
         self.query_every = query_every
         self.teacher_view = teacher_view or default_teacher_view
         self.info_key = info_key

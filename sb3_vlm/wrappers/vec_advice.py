@@ -12,7 +12,8 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 
 from sb3_vlm.advice import ADVICE_INFO_KEY, Advice, AdviceRequest
 from sb3_vlm.advisors.base import Advisor, AdvisorStats
-from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
+from sb3_vlm.advisors.cache import AdviceCache
+from sb3_vlm.wrappers.advice import resolve_advisor
 
 VecTeacherView = Callable[[VecEnv, int, Any], AdviceRequest]
 
@@ -57,11 +58,7 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         info_key: str = ADVICE_INFO_KEY,
     ):
         super().__init__(venv)
-        if query_every < 1:
-            raise ValueError(f"query_every must be >= 1, got {query_every}")
-        if not isinstance(advisor, Advisor):
-            raise TypeError(f"advisor must be an sb3_vlm Advisor, got {type(advisor).__name__}")
-        self.advisor: Advisor = advisor if cache is None else CachedAdvisor(advisor, cache)
+        self.advisor: Advisor = resolve_advisor(advisor, query_every, cache)
         self.query_every = query_every
         self.teacher_view = teacher_view or default_vec_teacher_view
         self.info_key = info_key
