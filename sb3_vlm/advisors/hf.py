@@ -144,6 +144,7 @@ class HFAdvisor(PromptedAdvisor):
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"  # generation and last-position scoring need left padding
         self._label_ids: list[int] | None = None
+        self._answer_prefix = ""
 
     def load_adapter(self, path: str) -> None:
         """Put a (new) LoRA adapter on the model; the adapter path is part of the cache identity."""
@@ -172,11 +173,22 @@ class HFAdvisor(PromptedAdvisor):
                     self.tokenizer.encode(prefix + label, add_special_tokens=False)[0] for label in self.prompt.labels
                 ]
                 if len(set(ids)) == len(ids):
-                    self._label_ids = ids
+                    self._label_ids, self._answer_prefix = ids, prefix
                     break
             else:
                 raise ValueError(f"The labels {self.prompt.labels} share first tokens; use labels that differ at once")
         return self._label_ids
+
+    @property
+    def answer_prefix(self) -> str:
+        """
+        What goes between the generation prompt and an answer: the leading space of the label tokens that
+        :meth:`score_labels` reads (``" left"``, not ``"left"``), so fine-tuning teaches the tokens scored.
+        """
+        if self.prompt.labels and self.distribution == "logprobs":
+            self.label_token_ids()
+            return self._answer_prefix
+        return ""
 
     def _inputs(self, requests: Sequence[AdviceRequest], descriptions: Sequence[str] | None = None) -> dict[str, Any]:
         from PIL import Image

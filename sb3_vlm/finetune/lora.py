@@ -64,7 +64,7 @@ def _encode(advisor: Any, examples: list[Example]) -> dict[str, th.Tensor]:
             {"role": "user", "content": content}
         ]
         prompt = advisor.processor.apply_chat_template(messages, add_generation_prompt=True)
-        rows.append((prompt, ex.answer + (tokenizer.eos_token or "")))
+        rows.append((prompt, advisor.answer_prefix + ex.answer + (tokenizer.eos_token or "")))
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     try:

@@ -22,11 +22,12 @@ CORPUS = [
     "left right forward pickup drop toggle done",
     "action: [0.1, -0.5] steer throttle Mission: get to the green goal square system user assistant",
 ] * 50
-#: the language model of both tiny VLMs: one layer, 32 wide, grouped-query attention
+#: the language model of both tiny VLMs: two layers (one layer cannot learn, by LoRA, to route the image into the
+#: answer position: fine-tuning stalls at the image-blind solution), 32 wide, grouped-query attention
 TINY_TEXT: dict[str, Any] = dict(
     hidden_size=32,
     intermediate_size=64,
-    num_hidden_layers=1,
+    num_hidden_layers=2,
     num_attention_heads=2,
     num_key_value_heads=1,
     max_position_embeddings=512,
@@ -69,8 +70,7 @@ def build_tiny_llava(path: Path) -> Path:
     )
     fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
     vision = CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14,
-        initializer_factor=10.0,
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
     )
     text = LlamaConfig(
         vocab_size=len(fast),
