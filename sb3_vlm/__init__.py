@@ -4,13 +4,14 @@ import importlib
 from typing import Any
 
 from sb3_vlm.a2c import GuidedA2C
-from sb3_vlm.advice import ADVICE_INFO_KEY, Advice, AdviceRequest
+from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest
 from sb3_vlm.advisors import (
     AdviceCache,
     Advisor,
     CachedAdvisor,
     CallableAdvisor,
     ConstantAdvisor,
+    NearestNeighbourAdvisor,
     NoisyAdvisor,
     RandomAdvisor,
 )
@@ -20,6 +21,7 @@ from sb3_vlm.buffers import (
     AdvisedReplayBuffer,
     AdvisedRolloutBuffer,
 )
+from sb3_vlm.finetune import LoraSettings, VLMFineTuneCallback
 from sb3_vlm.guidance import ConstantCoef, KickstartingCoef, LinearDecayCoef
 from sb3_vlm.policies import AdviceCritic
 from sb3_vlm.ppo import GuidedPPO
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ADVICE_INFO_KEY",
+    "REQUEST_INFO_KEY",
     "Advice",
     "AdviceCache",
     "AdviceCritic",
@@ -48,12 +51,15 @@ __all__ = [
     "GuidedSAC",
     "KickstartingCoef",
     "LinearDecayCoef",
+    "LoraSettings",
     "MiniGridOracle",
+    "NearestNeighbourAdvisor",
     "NoisyAdvisor",
     "PendulumSwingUpOracle",
     "RandomAdvisor",
     "RandomAlternatingExploration",
     "VLMAdviceWrapper",
+    "VLMFineTuneCallback",
     "make_minigrid_env",
     "make_pendulum_env",
     "make_pixel_env",

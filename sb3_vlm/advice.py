@@ -16,6 +16,8 @@ from gymnasium import spaces
 
 #: key under which :class:`~sb3_vlm.wrappers.VLMAdviceWrapper` puts the advice in a step's ``info``
 ADVICE_INFO_KEY = "vlm_advice"
+#: info key of the teacher view the advice was computed from (what COVR's D_f stores for fine-tuning)
+REQUEST_INFO_KEY = "vlm_request"
 
 
 @dataclass

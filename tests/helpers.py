@@ -35,3 +35,36 @@ class CounterEnv(gym.Env):
 def counter_view(env: gym.Env, obs: np.ndarray) -> AdviceRequest:
     """Teacher view of CounterEnv: the observation itself as context and state."""
     return AdviceRequest(image=None, context={"obs": obs.tolist()}, state=obs.copy())
+
+
+class ColourEnv(gym.Env):
+    """
+    A synthetic task whose right answer per image is known: the image is all black or all white (drawn each step);
+    action 0 ("left") is right on black, action 1 ("right") on white; reward 1 for the right action. Episodes of
+    ``length`` steps. The teacher sees the image.
+    """
+
+    def __init__(self, size: int = 8, length: int = 8):
+        self.size, self.length = size, length
+        self.observation_space = spaces.Box(0, 255, shape=(size, size, 3), dtype=np.uint8)
+        self.action_space = spaces.Discrete(2)
+        self.colour = 0
+        self.t = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.full((self.size, self.size, 3), 255 * self.colour, dtype=np.uint8)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.colour = int(self.np_random.integers(2))
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = float(int(action) == self.colour)
+        self.t += 1
+        self.colour = int(self.np_random.integers(2))
+        return self._obs(), reward, self.t >= self.length, False, {}
+
+    def teacher_request(self) -> AdviceRequest:
+        return AdviceRequest(image=self._obs(), action_space=self.action_space)

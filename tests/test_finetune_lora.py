@@ -13,7 +13,8 @@ pytest.importorskip("peft")
 from sb3_vlm.advice import AdviceRequest
 from sb3_vlm.advisors.hf import HFAdvisor
 from sb3_vlm.advisors.prompts import MINIGRID_LABELS, PromptTemplate
-from sb3_vlm.finetune.lora import Example, LoraSettings, lora_finetune
+from sb3_vlm.finetune.data import Example
+from sb3_vlm.finetune.lora import LoraSettings, lora_finetune
 from sb3_vlm.testing.tiny_vlm import build_tiny_llava
 
 #: a short prompt: the tiny model's attention is not diluted by MiniGrid's long instructions
@@ -39,10 +40,10 @@ def test_lora_round_teaches_the_right_answer_per_image(tmp_path: Path, distribut
     advisor = HFAdvisor(str(path), SYNTHETIC, distribution=distribution, max_new_tokens=2)  # type: ignore[arg-type]
     dark, bright = _request(0), _request(255)
     before = advisor.advise([dark, bright])
-    examples = [Example(dark, "left", 1.0), Example(bright, "right", 1.0)] * 2 + [Example(bright, "drop", 0.0)]
+    examples = [Example(dark, np.array(0), 1.0), Example(bright, np.array(1), 1.0)] * 2 + [Example(bright, np.array(4), 0.0)]
     identity_before = advisor.identity
     settings = LoraSettings(
-        r=8, alpha=16, dropout=0.0, lr=1e-2, batch_size=4, grad_accum=1, epochs=60, gradient_checkpointing=False
+        r=8, alpha=16, dropout=0.0, lr=1e-2, batch_size=4, grad_accum=1, epochs=60, label_smoothing=0.0, gradient_checkpointing=False
     )
     result = lora_finetune(advisor, examples, settings, save_to=tmp_path / "round1")
     assert result["examples"] == 4.0  # the zero-weight sample is dropped

@@ -54,3 +54,23 @@ def test_progressive_schedule() -> None:
     assert list(itertools.islice(progressive_intervals(5000), 5)) == [5000, 5000, 10000, 30000, 120000]
     with pytest.raises(ValueError):
         next(progressive_intervals(0))
+
+
+def test_weighted_token_nll_with_label_smoothing_by_hand() -> None:
+    # two answer tokens in row 0 (weight 0.8), one in row 1 (weight 0.2), one masked prompt token each
+    logits = th.tensor(
+        [[[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[5.0, 5.0, 5.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]]]
+    )
+    labels = th.tensor([[-100, 0, 1], [-100, 2, -100]])
+    weights = th.tensor([0.8, 0.2])
+    eps = 0.1
+
+    def smoothed(row: list[float], y: int) -> float:
+        log_p = np.array(row) - np.log(np.exp(row).sum())
+        return float((1 - eps) * -log_p[y] + eps * -log_p.mean())  # (1 - ε) NLL + ε · uniform cross-entropy
+
+    expected = (0.8 * (smoothed([2, 0, 0], 0) + smoothed([0, 1, 0], 1)) + 0.2 * smoothed([0, 0, 3], 2)) / 3
+    assert weighted_token_nll(logits, labels, weights, label_smoothing=eps).item() == pytest.approx(expected, rel=1e-5)
+    # a zero weight removes a row's tokens from the sum, not from N_v
+    only_first = (0.8 * (smoothed([2, 0, 0], 0) + smoothed([0, 1, 0], 1))) / 3
+    assert weighted_token_nll(logits, labels, th.tensor([0.8, 0.0]), eps).item() == pytest.approx(only_first, rel=1e-5)

@@ -1,6 +1,7 @@
 from sb3_vlm.advisors.base import Advisor, AdvisorStats
 from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
 from sb3_vlm.advisors.scripted import CallableAdvisor, ConstantAdvisor, NoisyAdvisor, RandomAdvisor
+from sb3_vlm.advisors.table import NearestNeighbourAdvisor
 
 __all__ = [
     "AdviceCache",
@@ -9,6 +10,7 @@ __all__ = [
     "CachedAdvisor",
     "CallableAdvisor",
     "ConstantAdvisor",
+    "NearestNeighbourAdvisor",
     "NoisyAdvisor",
     "RandomAdvisor",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -132,6 +134,7 @@ class HFAdvisor(PromptedAdvisor):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         kwargs = dict(model_kwargs or {})
         self.model_name, self.device, self.batch_size, self.adapter = model, device, batch_size, adapter
+        self.adapter_digest = ""
         self.dtype = dtype
         torch_dtype: Any = dtype if dtype == "auto" else getattr(th, dtype)
         self.processor = load_processor(
@@ -154,11 +157,26 @@ class HFAdvisor(PromptedAdvisor):
             raise ImportError("LoRA adapters need the 'hf' extra (peft): pip install 'sb3-vlm[hf]'") from exc
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.model = PeftModel.from_pretrained(base, path).to(self.device).eval()
+        self.note_adapter(path)
+
+    def note_adapter(self, path: str | None) -> None:
+        """
+        Record the adapter the model answers with now: its path and a digest of its LoRA weights. Both are in the
+        cache identity, so answers given before a fine-tuning round are never served after it, even when a
+        later run saves a different adapter under the same path.
+        """
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            if "lora_" in name:
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().numpy().tobytes())
         self.adapter = path
+        self.adapter_digest = digest.hexdigest()[:12]
 
     @property
     def identity(self) -> str:
-        return f"hf:{self.model_name}:adapter={self.adapter}:{self.settings_identity()}:dtype={self.dtype}"
+        adapter = "none" if self.adapter is None and not self.adapter_digest else f"{self.adapter}#{self.adapter_digest}"
+        return f"hf:{self.model_name}:adapter={adapter}:{self.settings_identity()}:dtype={self.dtype}"
 
     def __repr__(self) -> str:
         return f"HFAdvisor(model={self.model_name!r}, adapter={self.adapter!r}, prompt={self.prompt.name!r})"

@@ -41,6 +41,9 @@ class PromptTemplate:
     :param labels: discrete: each action's label, in index order; single-token labels allow log-prob scoring
     :param describe_first: two-stage prompting (LVLM2P): a first question whose answer is put before ``user``
     :param version: bump it when the wording changes, so cached answers to the old wording are never reused
+    :param answer_template: how an answer is written, for fine-tuning targets (:meth:`format_answer`): a
+        ``str.format`` template over the action components' names (continuous), ``{values}`` (all of them,
+        comma-separated) or ``{label}`` (discrete). "" means ``action:[v1, v2]`` (COVR's format) or the bare label.
     """
 
     name: str
@@ -51,6 +54,7 @@ class PromptTemplate:
     labels: tuple[str, ...] = ()
     describe_first: str = ""
     version: str = "1"
+    answer_template: str = ""
 
     def fields(self, request: AdviceRequest) -> dict[str, Any]:
         values: dict[str, Any] = dict(request.context)
@@ -80,8 +84,37 @@ class PromptTemplate:
     @property
     def identity(self) -> str:
         """Name, version and a hash of every field: any change to the wording changes the cache key."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        fields = asdict(self)
+        if not fields["answer_template"]:  # added later: unset, it keeps the identities (and caches) of before
+            del fields["answer_template"]
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}@{self.version}:{digest}"
+
+    def format_answer(self, action: Any, action_space: spaces.Space) -> str:
+        """
+        ``action`` written as this prompt asks the model to answer: COVR's fine-tuning targets are the agent's
+        executed actions in the prompt's answer format, continuous values with 2 decimals. A discrete action is
+        written as its label: the first answer token is what label scoring reads, whatever else the prompt asks for.
+
+        :raises ValueError: for a non-finite action, an index outside the labels, or a space that has no format
+        """
+        values = np.asarray(action, dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"cannot write a non-finite action {values.tolist()} as an answer")
+        if isinstance(action_space, spaces.Discrete):
+            index = int(values[0]) - int(action_space.start)
+            if not self.labels or not 0 <= index < len(self.labels):
+                raise ValueError(f"prompt {self.name!r} has no label for action {int(values[0])} (labels {self.labels})")
+            return self.answer_template.format(label=self.labels[index]) if self.answer_template else self.labels[index]
+        if isinstance(action_space, spaces.Box):
+            values = np.clip(values, action_space.low.reshape(-1), action_space.high.reshape(-1))
+            # round first, then add 0.0: "-0.00" would teach the model a sign that means nothing
+            written = [f"{round(float(v), 2) + 0.0:.2f}" for v in values]
+            if not self.answer_template:
+                return f"action:[{', '.join(written)}]"
+            names = self.action_names or tuple(f"a{i}" for i in range(values.size))
+            return self.answer_template.format(values=", ".join(written), **dict(zip(names, written, strict=False)))
+        raise ValueError(f"no answer format for {type(action_space).__name__} action spaces")
 
     def with_(self, **changes: Any) -> PromptTemplate:
         """A modified copy (e.g. ``MINIGRID_PROMPT.with_(user=...)``)."""
@@ -143,6 +176,7 @@ CARLA_HIGHWAY = PromptTemplate(
         "content: \nDescribe:xxx \nthrottle:xxx \nsteer:xxx"
     ),
     action_names=("steer", "throttle"),
+    answer_template="throttle:{throttle} \nsteer:{steer}",
 )
 
 #: ERPv Fig. 13 (#JW, pedestrians crossing); context: ``speed``, ``yaw``

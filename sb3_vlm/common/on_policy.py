@@ -70,6 +70,7 @@ class GuidedOnPolicyMixin:
     teacher_target: str
     advice_key: str
     _n_guided_updates: int
+    guidance_enabled: bool
 
     def _init_guidance(self, teacher_coef: float | CoefSchedule, teacher_target: str, advice_key: str) -> None:
         if teacher_target not in ("soft", "hard"):
@@ -79,6 +80,8 @@ class GuidedOnPolicyMixin:
         self.teacher_target = teacher_target
         self.advice_key = advice_key
         self._n_guided_updates = 0
+        #: set False to hold the distillation term off (COVR's cold start before the first fine-tuning rounds)
+        self.guidance_enabled = True
         self._seen_advice = False
         self._warned_no_advice = False
 
@@ -98,6 +101,8 @@ class GuidedOnPolicyMixin:
 
     @property
     def current_teacher_coef(self) -> float:
+        if not self.guidance_enabled:
+            return 0.0
         schedule = as_coef_schedule(self.teacher_coef)
         return float(schedule(self._n_guided_updates, self._current_progress_remaining))
 
@@ -242,7 +247,8 @@ class GuidedOnPolicyMixin:
         self.logger.record("train/teacher_coef", coef)
         self.logger.record("train/advice_valid_frac", float(np.mean(valid)))
         self.logger.record("train/teacher_agreement", float(np.mean(agreements)) if agreements else 0.0)
-        self._n_guided_updates += 1
+        # schedules (e.g. kickstarting's decay) count guided updates only, so a cold start does not eat into them
+        self._n_guided_updates += int(self.guidance_enabled)
 
 
 __all__ = ["GuidedOnPolicyMixin", "evaluate_actions_with_distribution"]

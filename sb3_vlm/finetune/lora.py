@@ -1,54 +1,82 @@
-"""LoRA fine-tuning of a local :class:`~sb3_vlm.advisors.hf.HFAdvisor` on weighted (teacher view, answer) pairs."""
+"""LoRA fine-tuning of a local :class:`~sb3_vlm.advisors.hf.HFAdvisor` on weighted (teacher view, action) pairs."""
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch as th
 
-from sb3_vlm.advice import AdviceRequest
+from sb3_vlm.finetune.data import Example
 from sb3_vlm.finetune.selection import weighted_token_nll
+
+
+#: the language model's attention and MLP projections (COVR table 9), never the vision tower's
+LM_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 @dataclass
 class LoraSettings:
     """
-    COVR table 9 defaults: r 128, alpha 256 for driving (16 otherwise), dropout 0.05, lr 1e-4, batch 4,
-    gradient accumulation 4, 2 epochs, cosine schedule; LoRA on the language model's projections only.
+    LoRA fine-tuning of the advising VLM, COVR table 9: r 128, alpha 16 (256 for CARLA, where the VLM's driving
+    knowledge should be kept: :meth:`driving`), dropout 0.05, lr 1e-4, batch 4, gradient accumulation 4, 2 epochs,
+    cosine schedule, gradient checkpointing.
 
-    :param target_modules: regex of the modules to adapt (the language model's attention and MLP projections)
+    Choices where table 9 is silent or out of scope: label smoothing 0.1 (COVR uses "NLL with label smoothing",
+    value unstated); only the language model's projections are adapted (table 9's "others" list also has the vision
+    tower's ``qkv`` and ``lm_head``; add them through ``target_modules`` to follow it).
+
+    :param r: LoRA rank
+    :param alpha: LoRA alpha (scale = alpha / r)
+    :param dropout: LoRA dropout
+    :param lr: AdamW learning rate (cosine-annealed to 0 over the round)
+    :param batch_size: examples per forward pass
+    :param grad_accum: forward passes per optimizer step
+    :param epochs: passes over the round's selected examples
+    :param label_smoothing: of the token NLL (COVR eq. 6)
+    :param gradient_checkpointing: trade compute for memory where the architecture supports it
+    :param target_modules: regex of the module names to adapt
+    :param seed: shuffling and LoRA initialisation seed
     """
 
     r: int = 128
-    alpha: int = 256
+    alpha: int = 16
     dropout: float = 0.05
     lr: float = 1e-4
     batch_size: int = 4
     grad_accum: int = 4
     epochs: int = 2
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     gradient_checkpointing: bool = True
-    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    target_modules: str = LM_PROJECTIONS
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name in ("r", "alpha", "batch_size", "grad_accum", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LoraSettings.{name} must be >= 1, got {getattr(self, name)}")
+        if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.label_smoothing < 1.0 and self.lr > 0):
+            raise ValueError("LoraSettings: dropout and label_smoothing must be in [0, 1), lr > 0")
 
-@dataclass
-class Example:
-    """One fine-tuning sample: what the teacher saw, the answer it should give, and its RALW weight."""
-
-    request: AdviceRequest
-    answer: str
-    weight: float = 1.0
+    @classmethod
+    def driving(cls, **overrides: Any) -> LoraSettings:
+        """COVR's CARLA settings: alpha 256 and table 9's CARLA modules (no ``v_proj``)."""
+        settings: dict[str, Any] = dict(
+            alpha=256, target_modules=r".*language_model.*\.(q_proj|k_proj|o_proj|gate_proj|up_proj|down_proj)"
+        )
+        return cls(**{**settings, **overrides})
 
 
 def _encode(advisor: Any, examples: list[Example]) -> dict[str, th.Tensor]:
-    """Prompt + answer for each example, right-padded, labels -100 everywhere but the answer tokens."""
+    """
+    Prompt + answer for each example, right-padded, labels -100 everywhere but the answer tokens (COVR eq. 6 counts
+    answer tokens only). The answer is the executed action in the prompt's answer format, after the advisor's
+    ``answer_prefix`` so the tokens taught are the ones its label scoring reads.
+    """
     from PIL import Image
 
     tokenizer = advisor.tokenizer
@@ -64,7 +92,8 @@ def _encode(advisor: Any, examples: list[Example]) -> dict[str, th.Tensor]:
             {"role": "user", "content": content}
         ]
         prompt = advisor.processor.apply_chat_template(messages, add_generation_prompt=True)
-        rows.append((prompt, advisor.answer_prefix + ex.answer + (tokenizer.eos_token or "")))
+        answer = advisor.prompt.format_answer(ex.action, ex.request.action_space)
+        rows.append((prompt, advisor.answer_prefix + answer + (tokenizer.eos_token or "")))
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     try:
@@ -82,12 +111,16 @@ def _encode(advisor: Any, examples: list[Example]) -> dict[str, th.Tensor]:
     return out
 
 
-def lora_finetune(advisor: Any, examples: list[Example], settings: LoraSettings, save_to: str | Path | None = None) -> dict[str, float]:
+def lora_finetune(
+    advisor: Any, examples: list[Example], settings: LoraSettings, save_to: str | Path | None = None
+) -> dict[str, float]:
     """
-    Fine-tune ``advisor``'s model with LoRA on ``examples`` by COVR's weighted token loss (eq. 6) and keep the
-    adapter on it, so the advisor answers with it at once. Returns the mean loss of the first and last epochs.
+    Fine-tune ``advisor``'s model (an :class:`~sb3_vlm.advisors.hf.HFAdvisor`) with LoRA on ``examples`` by COVR's
+    weighted token loss (eq. 6) and keep the adapter on it, so the advisor answers with it at once. A second call
+    goes on training the same adapter (the rounds build on each other). The advisor's cache identity changes.
 
     :param save_to: directory to save this round's adapter in (reloadable with ``HFAdvisor(adapter=...)``)
+    :return: mean eq. 6 loss of the first and last epochs, and the number of examples used
     """
     from peft import LoraConfig, get_peft_model
 
@@ -102,6 +135,8 @@ def lora_finetune(advisor: Any, examples: list[Example], settings: LoraSettings,
             r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=settings.target_modules
         )
         model = get_peft_model(model, config)
+    for name, param in model.named_parameters():  # a reloaded adapter (PeftModel.from_pretrained) comes frozen
+        param.requires_grad = "lora_" in name
     if settings.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         try:
             model.gradient_checkpointing_enable()
@@ -138,5 +173,5 @@ def lora_finetune(advisor: Any, examples: list[Example], settings: LoraSettings,
     advisor.model = model
     if save_to is not None:
         model.save_pretrained(str(save_to))
-        advisor.adapter = str(save_to)
+    advisor.note_adapter(None if save_to is None else str(save_to))  # a new cache identity, saved or not
     return {"first_epoch_loss": epoch_losses[0], "last_epoch_loss": epoch_losses[-1], "examples": float(len(examples))}

@@ -23,7 +23,8 @@ class Reply:
 class LoopbackServer:
     """
     Serves scripted :class:`Reply` objects in order (the last one repeats), or what ``responder(path, request)``
-    returns. Records every request body. Use as a context manager.
+    returns, to POST and GET requests. Records every request body: JSON bodies decoded, others (multipart file
+    uploads) as ``{"_raw": bytes}``. Use as a context manager.
     """
 
     def __init__(self, replies: list[Reply] | None = None, responder: Callable[[str, dict], Reply] | None = None):
@@ -42,7 +43,8 @@ class LoopbackServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 raw = self.rfile.read(length) if length else b""
-                body = json.loads(raw) if raw else {}
+                json_body = self.headers.get("content-type", "").startswith("application/json")
+                body = (json.loads(raw) if json_body else {"_raw": raw}) if raw else {}
                 with server._lock:
                     server.requests.append(body)
                     server.paths.append(self.path)
@@ -64,6 +66,8 @@ class LoopbackServer:
                     self.wfile.write(payload.encode())
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
                     pass
+
+            do_GET = do_POST
 
         class Server(ThreadingHTTPServer):
             request_queue_size = 256  # the default listen backlog (5) stalls 32 concurrent connections
@@ -120,3 +124,66 @@ def chat_completion(
         "choices": choices,
         "usage": {"prompt_tokens": tokens - 1, "completion_tokens": 1, "total_tokens": tokens},
     }
+
+
+class FineTuningService:
+    """
+    The files and fine-tuning-jobs part of an OpenAI-compatible API, for :class:`LoopbackServer`'s ``responder``:
+    ``POST /files`` (multipart upload), ``POST /fine_tuning/jobs``, ``GET /fine_tuning/jobs/{id}`` and
+    ``POST /fine_tuning/jobs/{id}/cancel``; chat completions answer ``answer``.
+
+    :param outcome: what every job does: ``"succeeded"`` (after ``polls`` status reads), ``"failed"`` or
+        ``"never"`` (stays ``running`` until cancelled)
+    :param polls: status reads before a job finishes
+    :param answer: the chat-completion text
+    """
+
+    def __init__(self, outcome: str = "succeeded", polls: int = 2, answer: str = "action:[0.00, 0.50]"):
+        if outcome not in ("succeeded", "failed", "never"):
+            raise ValueError(f"outcome must be 'succeeded', 'failed' or 'never', got {outcome!r}")
+        self.outcome, self.polls, self.answer = outcome, polls, answer
+        self.files: dict[str, bytes] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.reads: dict[str, int] = {}
+        self.chat_models: list[str] = []
+
+    def __call__(self, path: str, body: dict[str, Any]) -> Reply:
+        path = path.split("?")[0].rstrip("/")
+        if path.endswith("/files"):
+            file_id = f"file-{len(self.files) + 1}"
+            self.files[file_id] = body.get("_raw", b"")
+            return Reply(body={"id": file_id, "object": "file", "bytes": len(self.files[file_id]), "created_at": 0,
+                               "filename": "train.jsonl", "purpose": "fine-tune", "status": "processed"})
+        if path.endswith("/fine_tuning/jobs"):
+            job_id = f"ftjob-{len(self.jobs) + 1}"
+            self.jobs[job_id] = {
+                "id": job_id, "object": "fine_tuning.job", "created_at": 0, "model": body.get("model"),
+                "training_file": body.get("training_file"), "status": "queued", "fine_tuned_model": None,
+                "hyperparameters": body.get("hyperparameters") or {}, "organization_id": "org-test",
+                "result_files": [], "seed": 0, "trained_tokens": None, "validation_file": None, "error": None,
+                "finished_at": None, "suffix": body.get("suffix"),
+            }
+            self.reads[job_id] = 0
+            return Reply(body=self.jobs[job_id])
+        if "/fine_tuning/jobs/" in path:
+            job_id = path.split("/fine_tuning/jobs/")[1].split("/")[0]
+            if job_id not in self.jobs:
+                return Reply(status=404, body={"error": {"message": f"no job {job_id}", "type": "invalid_request_error"}})
+            job = self.jobs[job_id]
+            if path.endswith("/cancel"):
+                job["status"] = "cancelled"
+                return Reply(body=job)
+            self.reads[job_id] += 1
+            if job["status"] in ("queued", "running") and self.outcome != "never" and self.reads[job_id] >= self.polls:
+                job["status"] = self.outcome
+                if self.outcome == "succeeded":
+                    job["fine_tuned_model"] = f"ft:{job['model']}:covr:{job_id}"
+                else:
+                    job["error"] = {"code": "invalid_training_file", "message": "bad examples", "param": None}
+            elif job["status"] == "queued":
+                job["status"] = "running"
+            return Reply(body=job)
+        if path.endswith("/chat/completions"):
+            self.chat_models.append(str(body.get("model")))
+            return Reply(body=chat_completion(self.answer))
+        return Reply(status=404, body={"error": {"message": f"unknown path {path}", "type": "invalid_request_error"}})

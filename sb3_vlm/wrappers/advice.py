@@ -9,7 +9,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from sb3_vlm.advice import ADVICE_INFO_KEY, Advice, AdviceRequest
+from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest
 from sb3_vlm.advisors.base import Advisor, AdvisorStats
 from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
 
@@ -56,7 +56,9 @@ class VLMAdviceWrapper(gym.Wrapper):
     episode's first observation is computed at ``reset()`` and delivered with the first step, so vector-env
     auto-resets cannot misalign it. Terminal observations are never queried (nobody acts on them).
 
-    Steps that are not queried (``query_every > 1``) carry ``Advice(valid=False, source="skipped")``.
+    Steps that are not queried (``query_every > 1``) carry ``Advice(valid=False, source="skipped")``. Queried steps
+    also carry the teacher view itself under ``"vlm_request"`` (for COVR's fine-tuning data, see
+    :class:`~sb3_vlm.finetune.VLMFineTuneCallback`).
 
     :param env: the environment
     :param advisor: who answers (scripted, API or local VLM)
@@ -87,6 +89,7 @@ class VLMAdviceWrapper(gym.Wrapper):
         self.info_key = info_key
         self._episode_step = 0
         self._current: Advice | None = None
+        self._current_request: AdviceRequest | None = None
         self.n_skipped = 0
 
     @property
@@ -99,12 +102,14 @@ class VLMAdviceWrapper(gym.Wrapper):
         return self.advisor.stats
 
     def _advice_for(self, obs: Any) -> Advice:
+        self._current_request = None
         if self._episode_step % self.query_every != 0:
             self.n_skipped += 1
             return Advice.invalid(source="skipped")
         request = self.teacher_view(self.env, obs)
         if request.action_space is None:
             request.action_space = self.env.action_space
+        self._current_request = request
         return self.advisor.advise([request])[0]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
@@ -118,6 +123,8 @@ class VLMAdviceWrapper(gym.Wrapper):
             raise gym.error.ResetNeeded("Call reset() before step()")
         obs, reward, terminated, truncated, info = self.env.step(action)
         info[self.info_key] = self._current
+        if self._current_request is not None:
+            info[REQUEST_INFO_KEY] = self._current_request
         self._episode_step += 1
         self._current = None if (terminated or truncated) else self._advice_for(obs)
         return obs, reward, terminated, truncated, info

@@ -10,7 +10,7 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from sb3_vlm.advice import ADVICE_INFO_KEY, Advice, AdviceRequest
+from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest
 from sb3_vlm.advisors.base import Advisor, AdvisorStats
 from sb3_vlm.advisors.cache import AdviceCache
 from sb3_vlm.wrappers.advice import resolve_advisor
@@ -37,7 +37,8 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
     :class:`~sb3_vlm.wrappers.VLMAdviceWrapper` for a whole VecEnv: after each ``step`` (and at ``reset``), the envs
     that need advice are asked about in one batch, so an API advisor sends them concurrently and a local VLM runs
     one forward batch. Same time alignment: ``infos[i][info_key]`` holds the advice for the observation env ``i``
-    acted on; after an auto-reset the new episode's first observation is asked about at once.
+    acted on, and ``infos[i]["vlm_request"]`` the teacher view it was asked about (queried steps only); after an
+    auto-reset the new episode's first observation is asked about at once.
 
     :param venv: the vectorised env (``DummyVecEnv`` or ``SubprocVecEnv``; views come from each env's
         ``teacher_request()`` through ``env_method``)
@@ -64,6 +65,7 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         self.info_key = info_key
         self.episode_steps = np.zeros(self.num_envs, dtype=np.int64)
         self.current: list[Advice] = [Advice.invalid(source="not-reset") for _ in range(self.num_envs)]
+        self.current_requests: list[AdviceRequest | None] = [None] * self.num_envs
         self.n_skipped = 0
         self.n_batches = 0
 
@@ -75,6 +77,7 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         """New advice for the envs in ``indices`` (those due a query), one advise() call."""
         due = [i for i in indices if self.episode_steps[i] % self.query_every == 0]
         for i in indices:
+            self.current_requests[i] = None
             if i not in due:
                 self.current[i] = Advice.invalid(source="skipped")
                 self.n_skipped += 1
@@ -86,6 +89,7 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
             request = self.teacher_view(self.venv, i, obs_i)
             if request.action_space is None:
                 request.action_space = self.action_space
+            self.current_requests[i] = request
             requests.append(request)
         self.n_batches += 1
         for i, advice in zip(due, self.advisor.advise(requests), strict=True):
@@ -101,6 +105,8 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         obs, rewards, dones, infos = self.venv.step_wait()
         for i, info in enumerate(infos):
             info[self.info_key] = self.current[i]
+            if self.current_requests[i] is not None:
+                info[REQUEST_INFO_KEY] = self.current_requests[i]
         self.episode_steps += 1
         self.episode_steps[dones] = 0  # auto-reset: obs[i] is the next episode's first observation
         self._refresh(obs, list(range(self.num_envs)))
