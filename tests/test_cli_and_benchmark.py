@@ -64,3 +64,14 @@ def test_advisor_throughput_quick_smoke(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "throughput.json").read_text())
     assert set(result["api"]) == {"1", "8"} and all(v["requests_per_s"] > 0 for v in result["api"].values())
     assert set(result["hf"]) == {"label scoring", "generation"}
+
+
+def test_covr_loop_quick_smoke(tmp_path: Path) -> None:
+    _run_benchmark("covr_loop", "--quick", out=tmp_path)
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
+    assert set(rows) == {"unguided", "poor", "covr"}
+    covr = rows["covr"]
+    assert len(covr["accuracy_by_round"]) >= 3  # before + at least two rounds in 3k steps with ψ0 = 1000
+    assert rows["poor"]["accuracy_after"] is not None and rows["unguided"]["accuracy_after"] is None
+    for png in ("learning.png", "accuracy.png"):
+        assert (tmp_path / png).stat().st_size > 10_000

@@ -51,14 +51,24 @@ def test_callback_lora_rounds_teach_a_tiny_vlm_and_the_cache_forgets(tmp_path: P
     advisor = HFAdvisor(str(path), COLOUR_PROMPT)
     cache = AdviceCache(tmp_path / "advice.sqlite")
     env = make_vec_env(
-        lambda: ColourEnv(size=32), n_envs=1, seed=0, wrapper_class=VLMAdviceWrapper,
+        lambda: ColourEnv(size=32),
+        n_envs=1,
+        seed=0,
+        wrapper_class=VLMAdviceWrapper,
         wrapper_kwargs={"advisor": advisor, "cache": cache},
     )
     cached = env.envs[0].get_wrapper_attr("advisor")
     before = cached.advise(_views())
     assert _choices(before) != [0, 1]  # the random model does not know the task
     lora = LoraSettings(
-        r=8, alpha=16, dropout=0.0, lr=1e-2, batch_size=4, grad_accum=1, epochs=20, label_smoothing=0.0,
+        r=8,
+        alpha=16,
+        dropout=0.0,
+        lr=1e-2,
+        batch_size=4,
+        grad_accum=1,
+        epochs=20,
+        label_smoothing=0.0,
         gradient_checkpointing=False,
     )
     ft = VLMFineTuneCallback(advisor, psi0=64, lora=lora, gamma=0.5, save_dir=tmp_path / "run")
@@ -167,7 +177,10 @@ def test_never_finishing_job_times_out_and_training_goes_on(tmp_path: Path) -> N
         assert service.jobs["ftjob-1"]["status"] == "cancelled"  # the job was cancelled, not left running
         # the same inside training: the round fails, the run completes on the current model
         env = make_vec_env(
-            lambda: ColourEnv(size=8), n_envs=1, seed=0, wrapper_class=VLMAdviceWrapper,
+            lambda: ColourEnv(size=8),
+            n_envs=1,
+            seed=0,
+            wrapper_class=VLMAdviceWrapper,
             wrapper_kwargs={"advisor": advisor},
         )
         ft = VLMFineTuneCallback(advisor, psi0=16, gamma=0.5, backend=backend, save_dir=tmp_path)

@@ -81,7 +81,9 @@ def test_format_answer_is_the_prompts_format_and_parses_back() -> None:
     assert PENDULUM_PROMPT.format_answer(np.array([-0.001]), box) == "action:[0.00]"  # no "-0.00"
     assert PENDULUM_PROMPT.format_answer(np.array([7.0]), box) == "action:[2.00]"  # clipped to the space
     assert MINIGRID_PROMPT.format_answer(np.array(2), spaces.Discrete(7)) == "forward"
-    named = PromptTemplate("t", "u", action_names=("steer", "throttle"), answer_template="throttle:{throttle}\nsteer:{steer}")
+    named = PromptTemplate(
+        "t", "u", action_names=("steer", "throttle"), answer_template="throttle:{throttle}\nsteer:{steer}"
+    )
     assert named.format_answer([-0.5, 0.25], spaces.Box(-1, 1, shape=(2,))) == "throttle:0.25\nsteer:-0.50"
     assert named.identity != named.with_(answer_template="").identity
     with pytest.raises(ValueError, match="non-finite"):
@@ -134,7 +136,14 @@ def _accuracy(advisor: NearestNeighbourAdvisor) -> float:
         env.colour = colour
         requests.append(env.teacher_request())
     answers = advisor.advise(requests)
-    return float(np.mean([int(np.argmax(a.probs)) == c if a.probs is not None else int(a.action[0]) == c for c, a in enumerate(answers)]))
+    return float(
+        np.mean(
+            [
+                int(np.argmax(a.probs)) == c if a.probs is not None else int(a.action[0]) == c
+                for c, a in enumerate(answers)
+            ]
+        )
+    )
 
 
 @pytest.mark.parametrize("algo", [GuidedPPO, GuidedA2C])
@@ -237,7 +246,9 @@ def test_callback_refuses_what_it_cannot_do(tmp_path: Path, caplog: pytest.LogCa
     table = NearestNeighbourAdvisor(ConstantAdvisor(0))
     env = make_vec_env(ColourEnv, n_envs=1, seed=0)  # no advice wrapper at all
     with pytest.raises(TypeError, match="guided algorithm"):
-        PPO("MlpPolicy", env, n_steps=16).learn(16, callback=VLMFineTuneCallback(table, start_guidance_after=1, save_dir=tmp_path))
+        PPO("MlpPolicy", env, n_steps=16).learn(
+            16, callback=VLMFineTuneCallback(table, start_guidance_after=1, save_dir=tmp_path)
+        )
     with caplog.at_level("WARNING"):
         PPO("MlpPolicy", env, n_steps=16).learn(16, callback=VLMFineTuneCallback(table, psi0=8, save_dir=tmp_path))
     assert "not the advisor being fine-tuned" in caplog.text

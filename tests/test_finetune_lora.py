@@ -29,7 +29,11 @@ def _request(value: int) -> AdviceRequest:
 def _choices(answers: list) -> list[int]:
     """The advised action: the most probable label (scored) or the written one; -1 for an unreadable answer."""
     return [
-        -1 if not a.valid else int(np.argmax(a.probs)) if a.probs is not None else int(np.asarray(a.action).reshape(-1)[0])
+        -1
+        if not a.valid
+        else int(np.argmax(a.probs))
+        if a.probs is not None
+        else int(np.asarray(a.action).reshape(-1)[0])
         for a in answers
     ]
 
@@ -40,10 +44,20 @@ def test_lora_round_teaches_the_right_answer_per_image(tmp_path: Path, distribut
     advisor = HFAdvisor(str(path), SYNTHETIC, distribution=distribution, max_new_tokens=2)  # type: ignore[arg-type]
     dark, bright = _request(0), _request(255)
     before = advisor.advise([dark, bright])
-    examples = [Example(dark, np.array(0), 1.0), Example(bright, np.array(1), 1.0)] * 2 + [Example(bright, np.array(4), 0.0)]
+    examples = [Example(dark, np.array(0), 1.0), Example(bright, np.array(1), 1.0)] * 2 + [
+        Example(bright, np.array(4), 0.0)
+    ]
     identity_before = advisor.identity
     settings = LoraSettings(
-        r=8, alpha=16, dropout=0.0, lr=1e-2, batch_size=4, grad_accum=1, epochs=60, label_smoothing=0.0, gradient_checkpointing=False
+        r=8,
+        alpha=16,
+        dropout=0.0,
+        lr=1e-2,
+        batch_size=4,
+        grad_accum=1,
+        epochs=60,
+        label_smoothing=0.0,
+        gradient_checkpointing=False,
     )
     result = lora_finetune(advisor, examples, settings, save_to=tmp_path / "round1")
     assert result["examples"] == 4.0  # the zero-weight sample is dropped
@@ -53,6 +67,10 @@ def test_lora_round_teaches_the_right_answer_per_image(tmp_path: Path, distribut
     assert _choices(before) != [0, 1]  # the random model did not know it already
     assert advisor.identity != identity_before  # cached pre-fine-tune answers can never be served again
     reloaded = HFAdvisor(
-        str(path), SYNTHETIC, distribution=distribution, max_new_tokens=2, adapter=str(tmp_path / "round1")  # type: ignore[arg-type]
+        str(path),
+        SYNTHETIC,
+        distribution=distribution,
+        max_new_tokens=2,
+        adapter=str(tmp_path / "round1"),  # type: ignore[arg-type]
     )
     assert _choices(reloaded.advise([dark, bright])) == [0, 1]

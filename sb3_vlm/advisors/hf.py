@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-
 import logging
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -175,7 +174,9 @@ class HFAdvisor(PromptedAdvisor):
 
     @property
     def identity(self) -> str:
-        adapter = "none" if self.adapter is None and not self.adapter_digest else f"{self.adapter}#{self.adapter_digest}"
+        adapter = (
+            "none" if self.adapter is None and not self.adapter_digest else f"{self.adapter}#{self.adapter_digest}"
+        )
         return f"hf:{self.model_name}:adapter={adapter}:{self.settings_identity()}:dtype={self.dtype}"
 
     def __repr__(self) -> str:

@@ -90,7 +90,7 @@ class PromptTemplate:
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}@{self.version}:{digest}"
 
-    def format_answer(self, action: Any, action_space: spaces.Space) -> str:
+    def format_answer(self, action: Any, action_space: spaces.Space | None) -> str:
         """
         ``action`` written as this prompt asks the model to answer: COVR's fine-tuning targets are the agent's
         executed actions in the prompt's answer format, continuous values with 2 decimals. A discrete action is
@@ -104,7 +104,9 @@ class PromptTemplate:
         if isinstance(action_space, spaces.Discrete):
             index = int(values[0]) - int(action_space.start)
             if not self.labels or not 0 <= index < len(self.labels):
-                raise ValueError(f"prompt {self.name!r} has no label for action {int(values[0])} (labels {self.labels})")
+                raise ValueError(
+                    f"prompt {self.name!r} has no label for action {int(values[0])} (labels {self.labels})"
+                )
             return self.answer_template.format(label=self.labels[index]) if self.answer_template else self.labels[index]
         if isinstance(action_space, spaces.Box):
             values = np.clip(values, action_space.low.reshape(-1), action_space.high.reshape(-1))
@@ -114,7 +116,7 @@ class PromptTemplate:
                 return f"action:[{', '.join(written)}]"
             names = self.action_names or tuple(f"a{i}" for i in range(values.size))
             return self.answer_template.format(values=", ".join(written), **dict(zip(names, written, strict=False)))
-        raise ValueError(f"no answer format for {type(action_space).__name__} action spaces")
+        raise ValueError(f"no answer format for {type(action_space).__name__} action spaces (need Discrete or Box)")
 
     def with_(self, **changes: Any) -> PromptTemplate:
         """A modified copy (e.g. ``MINIGRID_PROMPT.with_(user=...)``)."""

@@ -9,6 +9,7 @@ advisor on its current model; training goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -116,10 +117,8 @@ class OpenAIFineTuneBackend:
         while job.status not in TERMINAL:
             elapsed = time.monotonic() - start
             if elapsed >= self.deadline:
-                try:
+                with contextlib.suppress(Exception):  # cancelling is a courtesy; the round has failed either way
                     job = self.client.fine_tuning.jobs.cancel(job.id)
-                except Exception:  # cancelling is a courtesy; the round has failed either way
-                    pass
                 return job, f"no result within the {self.deadline:g} s deadline (job cancelled)"
             time.sleep(min(self.poll_interval, self.deadline - elapsed))
             try:

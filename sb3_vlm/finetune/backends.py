@@ -89,6 +89,6 @@ def backend_for(advisor: Advisor, lora: LoraSettings | None = None) -> FineTuneB
 
         return OpenAIFineTuneBackend(advisor)
     raise TypeError(
-        f"Cannot fine-tune a {type(advisor).__name__}: use an HFAdvisor (LoRA), an OpenAIAdvisor (fine-tuning API), an advisor with a "
-        "finetune(examples, round_dir) method, or pass backend=..."
+        f"Cannot fine-tune a {type(advisor).__name__}: use an HFAdvisor (LoRA), an OpenAIAdvisor (fine-tuning API), "
+        "an advisor with a finetune(examples, round_dir) method, or pass backend=..."
     )

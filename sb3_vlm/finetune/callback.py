@@ -58,8 +58,10 @@ def policy_entropy(model: BaseAlgorithm, n_samples: int = 256) -> float:
                 return (x if ready else x[:rows].reshape(-1, *x.shape[2:]))[-n_samples:]
 
             observations: Any = rollout.observations
-            obs = {k: flat(v) for k, v in observations.items()} if isinstance(observations, dict) else flat(observations)
-            distribution = policy.get_distribution(obs_as_tensor(obs, model.device))
+            recent = (
+                {k: flat(v) for k, v in observations.items()} if isinstance(observations, dict) else flat(observations)
+            )
+            distribution = policy.get_distribution(obs_as_tensor(recent, model.device))
             entropy = distribution.entropy()
             if entropy is None:  # no closed form (squashed Gaussians): estimate from samples
                 entropy = -distribution.log_prob(distribution.sample())
@@ -158,7 +160,9 @@ class VLMFineTuneCallback(BaseCallback):
         self.collector = TrajectoryCollector(self.training_env.num_envs, gamma, self.max_samples, self.seed)
         if self.save_dir is None:
             folder = self.logger.get_dir() if self.logger is not None else None
-            self.save_dir = Path(folder) / "vlm_finetune" if folder else Path("vlm_finetune") / time.strftime("%Y%m%d-%H%M%S")
+            self.save_dir = (
+                Path(folder) / "vlm_finetune" if folder else Path("vlm_finetune") / time.strftime("%Y%m%d-%H%M%S")
+            )
         self.save_dir.mkdir(parents=True, exist_ok=True)
         if self.start_guidance_after > self.successful_rounds:
             if not hasattr(self.model, "guidance_enabled"):
@@ -213,7 +217,9 @@ class VLMFineTuneCallback(BaseCallback):
         selected = np.flatnonzero(z > tau)
         weights = ralw_weights(returns[selected])
         samples = self.collector.samples
-        examples = [Example(samples[i].request, samples[i].action, float(w)) for i, w in zip(selected, weights)]
+        examples = [
+            Example(samples[i].request, samples[i].action, float(w)) for i, w in zip(selected, weights, strict=True)
+        ]
         self.rounds += 1
         round_dir = self.save_dir / f"round_{self.rounds:03d}"
         if not any(ex.weight > 0 for ex in examples):
@@ -237,7 +243,7 @@ class VLMFineTuneCallback(BaseCallback):
             self.model.guidance_enabled = True  # type: ignore[attr-defined]
         self.steps_since_round = 0
         self.psi = next(self._intervals)
-        record = {
+        record: dict[str, Any] = {
             "round": self.rounds,
             "timesteps": self.num_timesteps,
             "df_size": int(returns.size),

@@ -14,7 +14,6 @@ import torch as th
 from sb3_vlm.finetune.data import Example
 from sb3_vlm.finetune.selection import weighted_token_nll
 
-
 #: the language model's attention and MLP projections (COVR table 9), never the vision tower's
 LM_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -97,8 +96,12 @@ def _encode(advisor: Any, examples: list[Example]) -> dict[str, th.Tensor]:
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     try:
-        prompts_only = advisor.processor(images=images or None, text=[p for p, _ in rows], return_tensors="pt", padding=True)
-        full = advisor.processor(images=images or None, text=[p + a for p, a in rows], return_tensors="pt", padding=True)
+        prompts_only = advisor.processor(
+            images=images or None, text=[p for p, _ in rows], return_tensors="pt", padding=True
+        )
+        full = advisor.processor(
+            images=images or None, text=[p + a for p, a in rows], return_tensors="pt", padding=True
+        )
     finally:
         tokenizer.padding_side = side
     labels = full["input_ids"].clone()
@@ -132,7 +135,10 @@ def lora_finetune(
     model = advisor.model
     if not hasattr(model, "peft_config"):
         config = LoraConfig(
-            r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=settings.target_modules
+            r=settings.r,
+            lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout,
+            target_modules=settings.target_modules,
         )
         model = get_peft_model(model, config)
     for name, param in model.named_parameters():  # a reloaded adapter (PeftModel.from_pretrained) comes frozen

@@ -152,23 +152,45 @@ class FineTuningService:
         if path.endswith("/files"):
             file_id = f"file-{len(self.files) + 1}"
             self.files[file_id] = body.get("_raw", b"")
-            return Reply(body={"id": file_id, "object": "file", "bytes": len(self.files[file_id]), "created_at": 0,
-                               "filename": "train.jsonl", "purpose": "fine-tune", "status": "processed"})
+            return Reply(
+                body={
+                    "id": file_id,
+                    "object": "file",
+                    "bytes": len(self.files[file_id]),
+                    "created_at": 0,
+                    "filename": "train.jsonl",
+                    "purpose": "fine-tune",
+                    "status": "processed",
+                }
+            )
         if path.endswith("/fine_tuning/jobs"):
             job_id = f"ftjob-{len(self.jobs) + 1}"
             self.jobs[job_id] = {
-                "id": job_id, "object": "fine_tuning.job", "created_at": 0, "model": body.get("model"),
-                "training_file": body.get("training_file"), "status": "queued", "fine_tuned_model": None,
-                "hyperparameters": body.get("hyperparameters") or {}, "organization_id": "org-test",
-                "result_files": [], "seed": 0, "trained_tokens": None, "validation_file": None, "error": None,
-                "finished_at": None, "suffix": body.get("suffix"),
+                "id": job_id,
+                "object": "fine_tuning.job",
+                "created_at": 0,
+                "model": body.get("model"),
+                "training_file": body.get("training_file"),
+                "status": "queued",
+                "fine_tuned_model": None,
+                "hyperparameters": body.get("hyperparameters") or {},
+                "organization_id": "org-test",
+                "result_files": [],
+                "seed": 0,
+                "trained_tokens": None,
+                "validation_file": None,
+                "error": None,
+                "finished_at": None,
+                "suffix": body.get("suffix"),
             }
             self.reads[job_id] = 0
             return Reply(body=self.jobs[job_id])
         if "/fine_tuning/jobs/" in path:
             job_id = path.split("/fine_tuning/jobs/")[1].split("/")[0]
             if job_id not in self.jobs:
-                return Reply(status=404, body={"error": {"message": f"no job {job_id}", "type": "invalid_request_error"}})
+                return Reply(
+                    status=404, body={"error": {"message": f"no job {job_id}", "type": "invalid_request_error"}}
+                )
             job = self.jobs[job_id]
             if path.endswith("/cancel"):
                 job["status"] = "cancelled"
