@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -68,3 +70,20 @@ class ColourEnv(gym.Env):
 
     def teacher_request(self) -> AdviceRequest:
         return AdviceRequest(image=self._obs(), action_space=self.action_space)
+
+
+def tiny_lora(epochs: int) -> Any:
+    """LoRA settings that teach the tiny test VLMs in seconds: small rank, high lr, no dropout or smoothing."""
+    from sb3_vlm.finetune.lora import LoraSettings
+
+    return LoraSettings(
+        r=8,
+        alpha=16,
+        dropout=0.0,
+        lr=1e-2,
+        batch_size=4,
+        grad_accum=1,
+        epochs=epochs,
+        label_smoothing=0.0,
+        gradient_checkpointing=False,
+    )

@@ -16,10 +16,10 @@ from sb3_vlm import GuidedPPO
 from sb3_vlm.advice import AdviceRequest
 from sb3_vlm.advisors.cache import AdviceCache
 from sb3_vlm.advisors.prompts import PromptTemplate
-from sb3_vlm.finetune import Example, LoraSettings, VLMFineTuneCallback
+from sb3_vlm.finetune import Example, VLMFineTuneCallback
 from sb3_vlm.testing.loopback import FineTuningService, LoopbackServer
 from sb3_vlm.wrappers import VLMAdviceWrapper
-from tests.helpers import ColourEnv
+from tests.helpers import ColourEnv, tiny_lora
 
 #: the synthetic task's prompt: one short question, one label per action
 COLOUR_PROMPT = PromptTemplate(name="colour", user="Which way? {labels}", kind="discrete", labels=("left", "right"))
@@ -60,17 +60,7 @@ def test_callback_lora_rounds_teach_a_tiny_vlm_and_the_cache_forgets(tmp_path: P
     cached = env.envs[0].get_wrapper_attr("advisor")
     before = cached.advise(_views())
     assert _choices(before) != [0, 1]  # the random model does not know the task
-    lora = LoraSettings(
-        r=8,
-        alpha=16,
-        dropout=0.0,
-        lr=1e-2,
-        batch_size=4,
-        grad_accum=1,
-        epochs=20,
-        label_smoothing=0.0,
-        gradient_checkpointing=False,
-    )
+    lora = tiny_lora(epochs=20)
     ft = VLMFineTuneCallback(advisor, psi0=64, lora=lora, gamma=0.5, save_dir=tmp_path / "run")
     # seeds 0-3 all pass at this size (checked); 32-step rounds left one colour unseen for some seeds
     GuidedPPO("MlpPolicy", env, n_steps=64, seed=0).learn(128, callback=ft)

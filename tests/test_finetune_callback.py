@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_vlm import GuidedA2C, GuidedPPO, GuidedSAC
 from sb3_vlm.advice import REQUEST_INFO_KEY, AdviceRequest
-from sb3_vlm.advisors import CallableAdvisor, ConstantAdvisor, NearestNeighbourAdvisor
+from sb3_vlm.advisors import AdviceCache, CachedAdvisor, CallableAdvisor, ConstantAdvisor, NearestNeighbourAdvisor
 from sb3_vlm.advisors.prompts import MINIGRID_PROMPT, PENDULUM_PROMPT, PromptTemplate
 from sb3_vlm.finetune import (
     Example,
@@ -239,6 +239,8 @@ def test_failed_rounds_keep_training_and_df(tmp_path: Path) -> None:
 def test_callback_refuses_what_it_cannot_do(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(TypeError, match="Cannot fine-tune"):
         VLMFineTuneCallback(ConstantAdvisor(0))
+    table = NearestNeighbourAdvisor(ConstantAdvisor(0))
+    assert VLMFineTuneCallback(CachedAdvisor(table, AdviceCache())).advisor is table  # the cache is not fine-tuned
     with pytest.raises(ValueError, match="psi0"):
         VLMFineTuneCallback(NearestNeighbourAdvisor(ConstantAdvisor(0)), psi0=0)
     from stable_baselines3 import PPO

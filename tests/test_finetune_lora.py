@@ -16,6 +16,7 @@ from sb3_vlm.advisors.prompts import MINIGRID_LABELS, PromptTemplate
 from sb3_vlm.finetune.data import Example
 from sb3_vlm.finetune.lora import LoraSettings, lora_finetune
 from sb3_vlm.testing.tiny_vlm import build_tiny_llava
+from tests.helpers import tiny_lora
 
 #: a short prompt: the tiny model's attention is not diluted by MiniGrid's long instructions
 SYNTHETIC = PromptTemplate(name="synthetic", user="Which way? {labels}", kind="discrete", labels=MINIGRID_LABELS)
@@ -48,17 +49,7 @@ def test_lora_round_teaches_the_right_answer_per_image(tmp_path: Path, distribut
         Example(bright, np.array(4), 0.0)
     ]
     identity_before = advisor.identity
-    settings = LoraSettings(
-        r=8,
-        alpha=16,
-        dropout=0.0,
-        lr=1e-2,
-        batch_size=4,
-        grad_accum=1,
-        epochs=60,
-        label_smoothing=0.0,
-        gradient_checkpointing=False,
-    )
+    settings = tiny_lora(epochs=60)
     result = lora_finetune(advisor, examples, settings, save_to=tmp_path / "round1")
     assert result["examples"] == 4.0  # the zero-weight sample is dropped
     assert result["last_epoch_loss"] < 0.1 * result["first_epoch_loss"]
@@ -74,3 +65,26 @@ def test_lora_round_teaches_the_right_answer_per_image(tmp_path: Path, distribut
         adapter=str(tmp_path / "round1"),  # type: ignore[arg-type]
     )
     assert _choices(reloaded.advise([dark, bright])) == [0, 1]
+
+
+@pytest.mark.parametrize("builder", ["llava", "qwen2vl"])
+def test_default_settings_adapt_only_the_language_model(tmp_path: Path, builder: str) -> None:
+    """COVR table 9 defaults (r 128, grad-accum 4, label smoothing, gradient checkpointing) on both tiny VLMs."""
+    from sb3_vlm.testing import tiny_vlm
+
+    path = getattr(tiny_vlm, f"build_tiny_{builder}")(tmp_path / builder)
+    advisor = HFAdvisor(str(path), SYNTHETIC)
+    result = lora_finetune(advisor, [Example(_request(0), np.array(0))] * 3, LoraSettings(epochs=1), tmp_path / "a")
+    assert np.isfinite(result["last_epoch_loss"]) and result["examples"] == 3.0
+    adapted = [n for n, _ in advisor.model.named_modules() if n.endswith("lora_A")]
+    assert adapted and all("language_model" in n for n in adapted)
+    assert {n.split(".")[-2] for n in adapted} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    assert all(np.isclose(a.probs.sum(), 1.0) for a in advisor.advise([_request(0), _request(255)]))

@@ -19,7 +19,6 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_vlm.advice import Advice, AdviceRequest
 from sb3_vlm.advisors.base import Advisor
@@ -27,7 +26,7 @@ from sb3_vlm.advisors.cache import AdviceCache
 from sb3_vlm.advisors.scripted import NoisyAdvisor
 from sb3_vlm.advisors.table import NearestNeighbourAdvisor
 from sb3_vlm.envs.minigrid import MiniGridOracle, make_minigrid_env
-from sb3_vlm.experiments.minigrid import N_ENVS, PPO_KWARGS, STUDENT_OBS, EpisodeCurveCallback
+from sb3_vlm.experiments.minigrid import N_ENVS, PPO_KWARGS, STUDENT_OBS, EpisodeCurveCallback, evaluation_returns
 from sb3_vlm.experiments.runner import steps_to_threshold
 from sb3_vlm.finetune import VLMFineTuneCallback
 from sb3_vlm.ppo import GuidedPPO
@@ -149,14 +148,7 @@ def run(
         start = time.perf_counter()
         model.learn(total_timesteps, callback=callbacks)
         wall = time.perf_counter() - start
-    eval_env = make_vec_env(
-        make_minigrid_env,  # type: ignore[arg-type]
-        n_envs=1,
-        seed=10_000 + seed,
-        env_kwargs=dict(env_id=env_id, student_obs=STUDENT_OBS),
-    )
-    rewards, _ = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, return_episode_rewards=True)
-    rewards_arr = np.asarray(rewards, dtype=np.float64)
+    rewards_arr = evaluation_returns(model, env_id, seed, eval_episodes)
     return dict(
         variant=variant,
         env_id=env_id,

@@ -21,7 +21,7 @@ from sb3_vlm.a2c import GuidedA2C
 from sb3_vlm.advisors.base import Advisor
 from sb3_vlm.advisors.cache import AdviceCache
 from sb3_vlm.advisors.scripted import NoisyAdvisor
-from sb3_vlm.envs.minigrid import MiniGridOracle, make_minigrid_env
+from sb3_vlm.envs.minigrid import MiniGridOracle, StudentObs, make_minigrid_env
 from sb3_vlm.experiments.runner import steps_to_threshold
 from sb3_vlm.guidance.schedules import CoefSchedule, KickstartingCoef
 from sb3_vlm.ppo import GuidedPPO
@@ -38,7 +38,7 @@ A2C_KWARGS: dict[str, Any] = dict(n_steps=5, learning_rate=7e-4, gamma=0.99, ent
 N_ENVS = 8
 #: the student's egocentric view as a flat vector: on LavaGap it learned far faster than the full-grid state or
 #: pixels in our runs (guided PPO reached mean return 0.9 in ~55k steps vs never in 100k with the full grid)
-STUDENT_OBS = "symbolic_partial"
+STUDENT_OBS: StudentObs = "symbolic_partial"
 
 
 @dataclass
@@ -88,6 +88,18 @@ class EpisodeCurveCallback(BaseCallback):
                 self.steps.append(int(self.num_timesteps))
                 self.means.append(float(np.mean(self.returns[-self.window :])))
         return True
+
+
+def evaluation_returns(model: BaseAlgorithm, env_id: str, seed: int, episodes: int) -> np.ndarray:
+    """Returns of ``episodes`` evaluation episodes on a fresh env seeded apart from training (10 000 + seed)."""
+    eval_env = make_vec_env(
+        make_minigrid_env,  # type: ignore[arg-type]
+        n_envs=1,
+        seed=10_000 + seed,
+        env_kwargs=dict(env_id=env_id, student_obs=STUDENT_OBS),
+    )
+    rewards, _ = evaluate_policy(model, eval_env, n_eval_episodes=episodes, return_episode_rewards=True)
+    return np.asarray(rewards, dtype=np.float64)
 
 
 def make_advisor(reliability: float, seed: int) -> Advisor:
@@ -163,14 +175,7 @@ def run(
     start = time.perf_counter()
     model.learn(total_timesteps, callback=curve, progress_bar=progress_bar)
     wall = time.perf_counter() - start
-    eval_env = make_vec_env(
-        make_minigrid_env,  # type: ignore[arg-type]
-        n_envs=1,
-        seed=10_000 + seed,
-        env_kwargs=dict(env_id=env_id, student_obs=STUDENT_OBS),
-    )
-    rewards, _ = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, return_episode_rewards=True)
-    rewards_arr = np.asarray(rewards, dtype=np.float64)
+    rewards_arr = evaluation_returns(model, env_id, seed, eval_episodes)
     result = RunResult(
         algo=algo,
         env_id=env_id,

@@ -136,8 +136,9 @@ class VLMFineTuneCallback(BaseCallback):
         super().__init__(verbose)
         if start_guidance_after < 0:
             raise ValueError(f"start_guidance_after must be >= 0, got {start_guidance_after}")
-        self.advisor = advisor
-        self.backend = backend if backend is not None else backend_for(advisor, lora)
+        # the cache needs no fine-tuning: it keys answers by the advisor's identity, which each round changes
+        self.advisor = advisor.advisor if isinstance(advisor, CachedAdvisor) else advisor
+        self.backend = backend if backend is not None else backend_for(self.advisor, lora)
         self.psi0 = psi0
         self._intervals: Iterator[int] = progressive_intervals(psi0)  # validates psi0
         self.psi = next(self._intervals)
