@@ -174,9 +174,8 @@ class HFAdvisor(PromptedAdvisor):
 
     @property
     def identity(self) -> str:
-        adapter = (
-            "none" if self.adapter is None and not self.adapter_digest else f"{self.adapter}#{self.adapter_digest}"
-        )
+        # no adapter reads "adapter=None", as before adapters had digests (older caches stay valid)
+        adapter = f"{self.adapter}#{self.adapter_digest}" if self.adapter_digest else str(self.adapter)
         return f"hf:{self.model_name}:adapter={adapter}:{self.settings_identity()}:dtype={self.dtype}"
 
     def __repr__(self) -> str:
