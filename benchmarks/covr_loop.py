@@ -37,6 +37,7 @@ def _key(job: dict[str, Any]) -> tuple[Any, ...]:
         job.get("steps", job.get("total_timesteps")),
         job["reliability"],
         job["psi0"],
+        job.get("smoothing", 0.0),
     )
 
 
@@ -54,6 +55,7 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
         reliability=job["reliability"],
         psi0=job["psi0"],
         eval_episodes=job["eval_episodes"],
+        smoothing=job.get("smoothing", 0.0),
     )
 
 
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40_000)
     parser.add_argument("--reliability", type=float, default=0.2, help="the poor teacher's reliability")
     parser.add_argument("--psi0", type=int, default=2_500, help="ψ0: steps before the first round")
+    parser.add_argument("--smoothing", type=float, default=0.0, help="the fine-tuned table's answer smoothing")
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--variants", nargs="+", default=list(LABELS), choices=list(LABELS))
     parser.add_argument("--workers", type=int, default=2)
@@ -135,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             reliability=args.reliability,
             psi0=args.psi0,
             eval_episodes=args.eval_episodes,
+            smoothing=args.smoothing,
         )
         for s in args.seeds
         for v in args.variants
@@ -150,7 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     runs = run_jobs(jobs, _worker, _key, out / "runs.jsonl", args.workers, args.report_only, describe)
-    meta = dict(env_id=args.env_id, steps=args.steps, seeds=args.seeds, reliability=args.reliability, psi0=args.psi0)
+    meta = dict(
+        env_id=args.env_id,
+        steps=args.steps,
+        seeds=args.seeds,
+        reliability=args.reliability,
+        psi0=args.psi0,
+        smoothing=args.smoothing,
+    )
     rows = summarise(runs)
     (out / "summary.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     (out / "summary.md").write_text(_markdown(rows, meta))

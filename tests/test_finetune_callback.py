@@ -107,6 +107,10 @@ def test_table_advisor_learns_weighted_votes_and_changes_identity() -> None:
     np.testing.assert_allclose(answers[0].probs, [0.75, 0.25])  # the weighted vote: 0.9 vs 0.3
     assert int(answers[1].action[0]) == 1  # weight 0 was not stored: b still comes from the base
     assert table.identity != identity and table.n_from_table == 1
+    soft = NearestNeighbourAdvisor(base, smoothing=0.2)
+    soft.finetune([Example(a, np.array(0), 0.9), Example(a, np.array(1), 0.3)])
+    np.testing.assert_allclose(soft.advise([a])[0].probs, [0.8 * 0.75 + 0.1, 0.8 * 0.25 + 0.1], rtol=1e-6)
+    assert soft.identity != table.identity
 
 
 def test_table_advisor_nearest_neighbour_and_continuous_mean() -> None:

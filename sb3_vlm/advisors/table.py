@@ -38,13 +38,15 @@ class NearestNeighbourAdvisor(Advisor):
     :param features: ``f(request) -> vector`` for nearest-neighbour matching; None matches views exactly (image
         bytes and context, as the cache does)
     :param radius: largest Euclidean feature distance that counts as the same view (with ``features``)
+    :param smoothing: discrete answers: probability mass spread evenly over all actions (soft targets, like the
+        oracle's); 0 answers the weighted vote as it is
     """
 
-    def __init__(self, base: Advisor, features: Features | None = None, radius: float = 0.0):
+    def __init__(self, base: Advisor, features: Features | None = None, radius: float = 0.0, smoothing: float = 0.0):
         super().__init__()
-        if radius < 0:
-            raise ValueError(f"radius must be >= 0, got {radius}")
-        self.base, self.features, self.radius = base, features, float(radius)
+        if radius < 0 or not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"radius must be >= 0 and smoothing in [0, 1), got {radius}, {smoothing}")
+        self.base, self.features, self.radius, self.smoothing = base, features, float(radius), float(smoothing)
         self._keys: dict[str, int] = {}  # exact matching: view key -> row
         self._vectors: list[np.ndarray] = []  # nearest-neighbour matching: row -> feature vector
         self._votes: list[dict[Any, float]] = []  # row -> {action (tuple): summed weight}
@@ -58,7 +60,8 @@ class NearestNeighbourAdvisor(Advisor):
 
     @property
     def identity(self) -> str:
-        return f"nn-table:{self.base.identity}:rounds={self.rounds}:{self._digest.hexdigest()[:12]}"
+        smoothing = f":s={self.smoothing:g}" if self.smoothing else ""
+        return f"nn-table:{self.base.identity}{smoothing}:rounds={self.rounds}:{self._digest.hexdigest()[:12]}"
 
     # ------------------------------------------------------------------ lookup
 
@@ -86,7 +89,8 @@ class NearestNeighbourAdvisor(Advisor):
             probs = np.zeros(int(space.n), dtype=np.float64)
             for action, weight in votes.items():
                 probs[int(action[0]) - int(space.start)] += weight
-            return Advice(probs=(probs / probs.sum()).astype(np.float32), source=self.identity)
+            probs = (1.0 - self.smoothing) * probs / probs.sum() + self.smoothing / probs.size
+            return Advice(probs=probs.astype(np.float32), source=self.identity)
         actions = np.array([a for a in votes], dtype=np.float64)
         weights = np.array(list(votes.values()), dtype=np.float64)
         mean = (weights[:, None] * actions).sum(axis=0) / weights.sum()

@@ -113,11 +113,14 @@ def run(
     threshold: float = 0.9,
     eval_episodes: int = 50,
     probe_episodes: int = 20,
+    smoothing: float = 0.0,
 ) -> dict[str, Any]:
     """Train one variant and measure it: learning curve, steps to ``threshold``, final success, advice accuracy."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    table = NearestNeighbourAdvisor(NoisyAdvisor(MiniGridOracle(), reliability=reliability, seed=seed))
+    table = NearestNeighbourAdvisor(
+        NoisyAdvisor(MiniGridOracle(), reliability=reliability, seed=seed), smoothing=smoothing
+    )
     views = probe_views(env_id, probe_episodes)
     wrapper_kwargs = dict(advisor=table, cache=AdviceCache())
     env = make_vec_env(
@@ -157,6 +160,7 @@ def run(
         reliability=reliability,
         teacher_coef=teacher_coef,
         psi0=psi0,
+        smoothing=smoothing,
         curve_steps=curve.steps,
         curve_returns=curve.means,
         steps_to_threshold=steps_to_threshold(curve.steps, curve.means, threshold),
