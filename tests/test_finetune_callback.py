@@ -158,7 +158,6 @@ def test_callback_rounds_schedule_cold_start_and_better_advice(tmp_path: Path, a
     assert _accuracy(table) == 0.5
     kwargs = {"n_steps": 16} if algo is GuidedPPO else {"n_steps": 8}
     model = algo("MlpPolicy", env, seed=0, teacher_coef=1.0, **kwargs)
-    coefs = []
     model.learn(64 + 64 + 128 + 8, callback=[ft])
     history = ft.history
     assert [h["round"] for h in history] == [1, 2, 3]
@@ -172,7 +171,9 @@ def test_callback_rounds_schedule_cold_start_and_better_advice(tmp_path: Path, a
     assert _accuracy(table) == 1.0
     lines = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [1, 2, 3]
-    del coefs
+    kept = len(ft.collector)
+    model.learn(8, callback=[ft], reset_num_timesteps=False)  # a second learn() call goes on, D_f included
+    assert len(ft.history) == 3 and len(ft.collector) >= kept and ft.steps_since_round > 8
 
 
 def test_callback_with_sac_continuous_and_vec_wrapper(tmp_path: Path) -> None:

@@ -158,7 +158,9 @@ class VLMFineTuneCallback(BaseCallback):
 
     def _init_callback(self) -> None:
         gamma = self.gamma if self.gamma is not None else float(getattr(self.model, "gamma", 0.99))
-        self.collector = TrajectoryCollector(self.training_env.num_envs, gamma, self.max_samples, self.seed)
+        if self.collector is None or len(self.collector.episodes) != self.training_env.num_envs:
+            # a second learn() call (reset_num_timesteps=False) keeps D_f and the schedule where they were
+            self.collector = TrajectoryCollector(self.training_env.num_envs, gamma, self.max_samples, self.seed)
         if self.save_dir is None:
             folder = self.logger.get_dir() if self.logger is not None else None
             self.save_dir = (
