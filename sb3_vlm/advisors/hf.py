@@ -208,21 +208,29 @@ class HFAdvisor(PromptedAdvisor):
             return self._answer_prefix
         return ""
 
-    def _inputs(self, requests: Sequence[AdviceRequest], descriptions: Sequence[str] | None = None) -> dict[str, Any]:
+    def chat_prompt(self, request: AdviceRequest, description: str = "") -> tuple[str, Any]:
+        """The generation prompt for ``request`` (chat template applied) and its PIL image, or None without one."""
         from PIL import Image
 
+        system, user = self.prompt.render(request, description)
+        content: list[dict[str, Any]] = []
+        image = None
+        if request.image is not None:
+            content.append({"type": "image"})
+            image = Image.fromarray(np.ascontiguousarray(request.image, dtype=np.uint8))
+        content.append({"type": "text", "text": user})
+        messages = ([{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []) + [
+            {"role": "user", "content": content}
+        ]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True), image
+
+    def _inputs(self, requests: Sequence[AdviceRequest], descriptions: Sequence[str] | None = None) -> dict[str, Any]:
         texts, images = [], []
         for i, request in enumerate(requests):
-            system, user = self.prompt.render(request, descriptions[i] if descriptions else "")
-            content: list[dict[str, Any]] = []
-            if request.image is not None:
-                content.append({"type": "image"})
-                images.append(Image.fromarray(np.ascontiguousarray(request.image, dtype=np.uint8)))
-            content.append({"type": "text", "text": user})
-            messages = ([{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []) + [
-                {"role": "user", "content": content}
-            ]
-            texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True))
+            text, image = self.chat_prompt(request, descriptions[i] if descriptions else "")
+            texts.append(text)
+            if image is not None:
+                images.append(image)
         inputs = self.processor(images=images or None, text=texts, return_tensors="pt", padding=True)
         return {k: (v.to(self.device) if isinstance(v, th.Tensor) else v) for k, v in dict(inputs).items()}
 

@@ -118,13 +118,18 @@ class OpenAIAdvisor(PromptedAdvisor):
             return RetryDecision(f"HTTP {exc.status_code}", False)
         return None
 
-    def _generate(self, request: AdviceRequest, call: Call) -> Generation:
-        content: list[dict[str, Any]] = [{"type": "text", "text": call.user}]
+    def messages(self, request: AdviceRequest, system: str, user: str, image_format: str | None = None) -> list[Any]:
+        """The chat messages for ``request``: system (if any), then the user text with the image as a data URL."""
+        content: list[dict[str, Any]] = [{"type": "text", "text": user}]
         if request.image is not None:
-            url = image_data_url(request.image, self.image_format)
+            url = image_data_url(request.image, image_format or self.image_format)
             content.append({"type": "image_url", "image_url": {"url": url, "detail": self.detail}})
-        messages: list[dict[str, Any]] = [{"role": "system", "content": call.system}] if call.system else []
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": content})
+        return messages
+
+    def _generate(self, request: AdviceRequest, call: Call) -> Generation:
+        messages = self.messages(request, call.system, call.user)
         kwargs: dict[str, Any] = dict(messages=messages, max_tokens=call.max_tokens, temperature=call.temperature)
         if call.n > 1:
             kwargs["n"] = call.n

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from sb3_vlm.advisors.openai_compat import OpenAIAdvisor, image_data_url
+from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
 from sb3_vlm.finetune.backends import FineTuneResult
 from sb3_vlm.finetune.data import Example
 
@@ -97,16 +97,9 @@ class OpenAIFineTuneBackend:
             copies = example_copies(ex.weight, self.weighting, self.max_copies, self.min_weight)
             if copies == 0:
                 continue
-            system, user = prompt.render(ex.request)
-            content: list[dict[str, Any]] = [{"type": "text", "text": user}]
-            if ex.request.image is not None:
-                url = image_data_url(ex.request.image, "png")
-                content.append({"type": "image_url", "image_url": {"url": url, "detail": self.advisor.detail}})
-            messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-            messages += [
-                {"role": "user", "content": content},
-                {"role": "assistant", "content": prompt.format_answer(ex.action, ex.request.action_space)},
-            ]
+            # the messages the advisor sends at inference (images lossless), then the answer to learn
+            messages = self.advisor.messages(ex.request, *prompt.render(ex.request), image_format="png")
+            messages.append({"role": "assistant", "content": prompt.format_answer(ex.action, ex.request.action_space)})
             lines += [{"messages": messages}] * copies
         return lines
 

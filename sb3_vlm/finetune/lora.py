@@ -76,21 +76,12 @@ def _encode(advisor: Any, examples: list[Example]) -> dict[str, th.Tensor]:
     answer tokens only). The answer is the executed action in the prompt's answer format, after the advisor's
     ``answer_prefix`` so the tokens taught are the ones its label scoring reads.
     """
-    from PIL import Image
-
     tokenizer = advisor.tokenizer
     rows, images = [], []
     for ex in examples:
-        system, user = advisor.prompt.render(ex.request)
-        content: list[dict[str, Any]] = []
-        if ex.request.image is not None:
-            content.append({"type": "image"})
-            images.append(Image.fromarray(np.ascontiguousarray(ex.request.image, dtype=np.uint8)))
-        content.append({"type": "text", "text": user})
-        messages = ([{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []) + [
-            {"role": "user", "content": content}
-        ]
-        prompt = advisor.processor.apply_chat_template(messages, add_generation_prompt=True)
+        prompt, image = advisor.chat_prompt(ex.request)  # exactly what the advisor asks at inference
+        if image is not None:
+            images.append(image)
         answer = advisor.prompt.format_answer(ex.action, ex.request.action_space)
         rows.append((prompt, advisor.answer_prefix + answer + (tokenizer.eos_token or "")))
     side = tokenizer.padding_side
