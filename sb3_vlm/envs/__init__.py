@@ -1,9 +1,18 @@
-"""Environments with teacher views. MiniGrid needs the ``minigrid`` extra (imported lazily)."""
+"""
+Environments with teacher views: the papers' suite through :func:`make` (DMControl pixels, CarRacing, CARLA, MiniGrid),
+Pendulum for quick continuous-control runs. Optional dependencies are imported only when an env is made.
+"""
 
 import importlib
 from typing import Any
 
+from sb3_vlm.envs.registry import MINIGRID_SUITE, EnvBundle, gym_id, make, make_env, names, register_envs
+
 _MODULES = {
+    "common": ["ActionRepeat", "ChannelFrameStack"],
+    "dmc": ["DMC_TASKS", "DMCPixels", "DMCTask", "make_dmc_env", "select_mujoco_gl"],
+    "carracing": ["CARRACING_PROMPT", "CarRacingPursuitAdvisor", "CarRacingTeacherView", "make_carracing_env"],
+    "carla": ["CarlaEnv", "action_to_control", "highway_reward", "jaywalk_reward", "make_carla_env"],
     "minigrid": ["MiniGridOracle", "MiniGridTeacherView", "make_minigrid_env"],
     "pendulum": [
         "PendulumSwingUpOracle",
@@ -13,11 +22,16 @@ _MODULES = {
         "make_pixel_env",
     ],
 }
-__all__ = sorted(name for names in _MODULES.values() for name in names)
+__all__ = sorted(
+    ["MINIGRID_SUITE", "EnvBundle", "gym_id", "make", "make_env", "names", "register_envs"]
+    + [name for names_ in _MODULES.values() for name in names_]
+)
+
+register_envs()
 
 
 def __getattr__(name: str) -> Any:
-    for module, names in _MODULES.items():
-        if name in names:
+    for module, names_ in _MODULES.items():
+        if name in names_:
             return getattr(importlib.import_module(f"sb3_vlm.envs.{module}"), name)
     raise AttributeError(f"module 'sb3_vlm.envs' has no attribute {name!r}")
