@@ -1,7 +1,16 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch as th
+
+from sb3_vlm.envs.dmc import select_mujoco_gl
+
+# before any test module imports shimmy / gymnasium.envs.mujoco, which import PyOpenGL and fix its platform;
+# without a backend the DMControl tests skip or fail themselves (tests.helpers.require_gl)
+with contextlib.suppress(RuntimeError):
+    select_mujoco_gl()
 
 
 @pytest.fixture(autouse=True)

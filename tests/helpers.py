@@ -87,3 +87,20 @@ def tiny_lora(epochs: int) -> Any:
         label_smoothing=0.0,
         gradient_checkpointing=False,
     )
+
+
+def require_gl() -> None:
+    """Choose MuJoCo's offscreen GL backend, or skip the caller when none works here (fail instead under
+    ``SB3_VLM_REQUIRE_GL=1``, which ``.ci/run`` sets after installing one)."""
+    import os
+
+    import pytest
+
+    from sb3_vlm.envs.dmc import select_mujoco_gl
+
+    try:
+        select_mujoco_gl()
+    except RuntimeError as exc:
+        if os.environ.get("SB3_VLM_REQUIRE_GL"):
+            raise
+        pytest.skip(f"no offscreen OpenGL here: {exc}", allow_module_level=True)

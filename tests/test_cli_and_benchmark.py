@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from sb3_vlm.cli import main
+from tests.helpers import require_gl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,3 +78,56 @@ def test_covr_loop_quick_smoke(tmp_path: Path) -> None:
     assert rows["poor"]["accuracy_after"] is not None and rows["unguided"]["accuracy_after"] is None
     for png in ("learning.png", "accuracy.png"):
         assert (tmp_path / png).stat().st_size > 10_000
+
+
+def test_paper_protocol_configs_are_valid() -> None:
+    """Every shipped config names suite envs, constructor arguments the algorithm takes, and fine-tuning settings
+    the callback takes (the full runs need a GPU and are not run here)."""
+    import inspect
+
+    from sb3_vlm.envs import names
+    from sb3_vlm.experiments.protocol import _algo_class, finetune_kwargs, load_config
+    from sb3_vlm.finetune import LoraSettings, VLMFineTuneCallback
+
+    configs = sorted((ROOT / "benchmarks" / "configs").glob("*.yml"))
+    assert len(configs) >= 6
+    callback_params = set(inspect.signature(VLMFineTuneCallback).parameters)
+    for path in configs:
+        for quick in (False, True):
+            config = load_config(path, quick=quick)
+            assert set(config["envs"]) <= set(names()), path
+            params = set(inspect.signature(_algo_class(config["algo"])).parameters)
+            for env in config["envs"]:
+                kwargs = {
+                    **config.get("algo_kwargs", {}),
+                    **config.get("per_env", {}).get(env, {}).get("algo_kwargs", {}),
+                }
+                assert set(kwargs) <= params, (path, set(kwargs) - params)
+            if config.get("finetune"):
+                kwargs = finetune_kwargs(config["finetune"])
+                assert set(kwargs) <= callback_params and isinstance(kwargs.get("lora"), LoraSettings)
+        full = load_config(path)
+        assert full["total_timesteps"] == 100_000 and full["seeds"] == [0, 1, 2]
+        assert full["eval_episodes"] in (10, 20)  # COVR reports 10 evaluation episodes, ERPv and LVLM2P 20
+
+
+def test_paper_protocol_quick_smoke(tmp_path: Path) -> None:
+    require_gl()
+    for name in ("lvlm2p_minigrid", "erpv_dmc", "erpv_carracing"):
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "paper_protocol.py"), f"benchmarks/configs/{name}.yml"]
+        subprocess.run([*cmd, "--quick", "--out", str(tmp_path / name)], check=True, timeout=600, cwd=ROOT)
+        rows = [json.loads(line) for line in (tmp_path / name / "runs.jsonl").read_text().splitlines()]
+        assert len(rows) == 1 and rows[0]["curve_steps"] and np.isfinite(rows[0]["final_mean"])
+        assert rows[0]["advisor_stats"]["queries"] > 0  # the advisor was asked during training
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        env = summary["rows"][0]["env"]
+        assert (tmp_path / name / f"{env}.png").stat().st_size > 5_000
+
+
+def test_dmc_render_speed_quick_smoke(tmp_path: Path) -> None:
+    require_gl()
+    _run_benchmark("dmc_render_speed", "--quick", out=tmp_path)
+    result = json.loads((tmp_path / "render_speed.json").read_text())
+    row = result["results"]["cartpole-swingup"]
+    assert row["tuned_fps"] > row["default_fps"] > 0  # the tuned wrapper renders faster than dm_control's default
+    assert (tmp_path / "render_speed.png").stat().st_size > 5_000

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from sb3_vlm.envs.dmc import select_mujoco_gl
+from tests.helpers import require_gl
 
-select_mujoco_gl()  # before shimmy is imported: it imports PyOpenGL, which fixes its platform then
+require_gl()  # before shimmy is imported: it imports PyOpenGL, which fixes its platform then
 pytest.importorskip("dm_control")
 pytest.importorskip("shimmy")
 
 from sb3_vlm import ConstantAdvisor, VLMAdviceWrapper  # noqa: E402
 from sb3_vlm.envs import dmc  # noqa: E402
-from sb3_vlm.envs.dmc import DMC_TASKS, choose_gl_backend, make_dmc_env  # noqa: E402
+from sb3_vlm.envs.dmc import DMC_TASKS, choose_gl_backend, make_dmc_env, select_mujoco_gl  # noqa: E402
 from sb3_vlm.sac import GuidedSAC  # noqa: E402
 
 

@@ -13,6 +13,7 @@ from sb3_vlm.advisors.prompts import CONTINUOUS_CONTROL, MINIGRID_PROMPT
 from sb3_vlm.envs import MINIGRID_SUITE, EnvBundle, gym_id, make, names
 from sb3_vlm.envs.minigrid import MiniGridOracle
 from sb3_vlm.ppo import GuidedPPO
+from tests.helpers import require_gl
 
 
 def test_suite_names_and_unknown_name() -> None:
@@ -21,7 +22,7 @@ def test_suite_names_and_unknown_name() -> None:
     assert expected <= set(names()) and len([n for n in names() if n.startswith("dmc-")]) == 8
     for name in names():
         assert gym_id(name) in gym.registry  # registered on import, nothing built
-    with pytest.raises(ValueError, match="Unknown environment 'dmc-nope'.*minigrid-lavagap"):
+    with pytest.raises(ValueError, match=r"Unknown environment 'dmc-nope'.*minigrid-lavagap"):
         make("dmc-nope")
 
 
@@ -45,7 +46,7 @@ def test_minigrid_suite_observations_and_oracle(short: str, student_obs: str, sh
     request = env.get_wrapper_attr("teacher_request")()
     answer = advisor.advise([request])[0]
     assert answer.valid and answer.probs is not None and np.isclose(answer.probs.sum(), 1.0)
-    system, user = prompt.render(request)
+    _, user = prompt.render(request)
     assert request.context["mission"] in user
 
 
@@ -67,6 +68,7 @@ def test_gym_make_gives_the_same_env() -> None:
 
 def test_dmc_bundle_has_the_generic_continuous_prompt() -> None:
     pytest.importorskip("dm_control")
+    require_gl()
     env, prompt, advisor = make("dmc-reacher-easy", size=32, frame_stack=2)
     assert prompt is CONTINUOUS_CONTROL and advisor is None
     env.reset(seed=0)

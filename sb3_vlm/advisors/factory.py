@@ -7,7 +7,10 @@ from typing import Any
 from sb3_vlm.advisors.base import Advisor
 from sb3_vlm.advisors.prompts import PromptTemplate
 
-SPEC_HELP = "openai:MODEL | gemini:MODEL | hf:MODEL_OR_PATH | oracle (the env's scripted expert)"
+SPEC_HELP = (
+    "openai:MODEL | gemini:MODEL | hf:MODEL_OR_PATH | oracle (the env's scripted expert) | constant:VALUE (always "
+    "that action: a worst-model baseline and CPU smoke runs)"
+)
 
 
 def advisor_from_spec(spec: str, prompt: PromptTemplate, oracle: Advisor | None = None, **kwargs: Any) -> Advisor:
@@ -26,6 +29,13 @@ def advisor_from_spec(spec: str, prompt: PromptTemplate, oracle: Advisor | None 
         return oracle
     if not name:
         raise ValueError(f"Advisor spec {spec!r} must look like {SPEC_HELP}")
+    if kind == "constant":
+        from sb3_vlm.advisors.scripted import ConstantAdvisor
+
+        try:  # an integer is a discrete action index, anything else a continuous value
+            return ConstantAdvisor(int(name) if name.lstrip("-").isdigit() else float(name))
+        except ValueError:
+            raise ValueError(f"constant:VALUE needs a number, got {name!r}") from None
     if kind == "openai":
         from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
 

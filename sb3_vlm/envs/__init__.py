@@ -22,10 +22,16 @@ _MODULES = {
         "make_pixel_env",
     ],
 }
-__all__ = sorted(
-    ["MINIGRID_SUITE", "EnvBundle", "gym_id", "make", "make_env", "names", "register_envs"]
-    + [name for names_ in _MODULES.values() for name in names_]
-)
+__all__ = [  # the registry's names, then the lazily imported ones
+    "MINIGRID_SUITE",
+    "EnvBundle",
+    "gym_id",
+    "make",
+    "make_env",
+    "names",
+    "register_envs",
+    *sorted(name for names_ in _MODULES.values() for name in names_),
+]
 
 register_envs()
 

@@ -32,13 +32,14 @@ class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.repeat = int(repeat)
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        total = 0.0
-        for i in range(self.repeat):
+        total, steps = 0.0, 0
+        while True:
             obs, reward, terminated, truncated, info = self.env.step(action)
             total += float(reward)
-            if terminated or truncated:
+            steps += 1
+            if terminated or truncated or steps == self.repeat:
                 break
-        info["action_repeat_steps"] = i + 1
+        info["action_repeat_steps"] = steps
         return obs, total, terminated, truncated, info
 
 

@@ -153,4 +153,4 @@ def register_envs() -> None:
     """Register every suite name as ``sb3_vlm/<name>-v0`` (idempotent; nothing heavy is imported)."""
     for name in _suite():
         if gym_id(name) not in gym.registry:
-            gym.register(id=gym_id(name), entry_point=make_env, kwargs={"name": name})
+            gym.register(id=gym_id(name), entry_point=f"{__name__}:make_env", kwargs={"name": name})
