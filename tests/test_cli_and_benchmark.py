@@ -80,6 +80,21 @@ def test_covr_loop_quick_smoke(tmp_path: Path) -> None:
         assert (tmp_path / png).stat().st_size > 10_000
 
 
+def _factory_params(name: str) -> set[str]:
+    """Keyword arguments the env factory behind a suite name accepts (CARLA's factory passes the rest to CarlaEnv)."""
+    import importlib
+    import inspect
+
+    from sb3_vlm.envs.registry import _entry
+
+    entry = _entry(name)
+    module = importlib.import_module(f"sb3_vlm.envs.{entry.module}")
+    params = set(inspect.signature(getattr(module, entry.factory)).parameters)
+    if entry.module == "carla":
+        params |= set(inspect.signature(module.CarlaEnv).parameters)
+    return params
+
+
 def test_paper_protocol_configs_are_valid() -> None:
     """Every shipped config names suite envs, constructor arguments the algorithm takes, and fine-tuning settings
     the callback takes (the full runs need a GPU and are not run here)."""
@@ -98,6 +113,11 @@ def test_paper_protocol_configs_are_valid() -> None:
             assert set(config["envs"]) <= set(names()), path
             params = set(inspect.signature(_algo_class(config["algo"])).parameters)
             for env in config["envs"]:
+                env_kwargs = {
+                    **config.get("env_kwargs", {}),
+                    **config.get("per_env", {}).get(env, {}).get("env_kwargs", {}),
+                }
+                assert set(env_kwargs) <= _factory_params(env), (path, env, env_kwargs)
                 kwargs = {
                     **config.get("algo_kwargs", {}),
                     **config.get("per_env", {}).get(env, {}).get("algo_kwargs", {}),

@@ -11,7 +11,14 @@ from sb3_vlm.envs.registry import MINIGRID_SUITE, EnvBundle, gym_id, make, make_
 _MODULES = {
     "common": ["ActionRepeat", "ChannelFrameStack"],
     "dmc": ["DMC_TASKS", "DMCPixels", "DMCTask", "make_dmc_env", "select_mujoco_gl"],
-    "carracing": ["CARRACING_PROMPT", "CarRacingPursuitAdvisor", "CarRacingTeacherView", "make_carracing_env"],
+    "carracing": [
+        "CARRACING_PROMPT",
+        "CarRacingPursuitAdvisor",
+        "CarRacingState",
+        "CarRacingTeacherView",
+        "ResizeFrame",
+        "make_carracing_env",
+    ],
     "carla": ["CarlaEnv", "action_to_control", "highway_reward", "jaywalk_reward", "make_carla_env"],
     "minigrid": ["MiniGridOracle", "MiniGridTeacherView", "make_minigrid_env"],
     "pendulum": [

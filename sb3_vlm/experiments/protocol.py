@@ -106,10 +106,17 @@ def run_one(config: dict[str, Any], env_name: str, seed: int, log_dir: Path | No
     algo_cls = _algo_class(config["algo"])
     critic_steps = int(config.get("advice_critic_steps", 0))
     if critic_steps > 0:
+        import inspect
+
+        from stable_baselines3 import SAC
+
         from sb3_vlm.sac import pretrain_advice_critic
 
+        # C_V's learner is a plain SAC with the run's SAC settings (buffer, batch, network ...)
+        sac_params = set(inspect.signature(SAC).parameters) - {"policy", "env", "seed", "verbose"}
+        sac_kwargs = {k: v for k, v in algo_kwargs.items() if k in sac_params}
         algo_kwargs["advice_critic"] = pretrain_advice_critic(
-            make_plain(), advisor, steps=critic_steps, policy=config.get("policy", "CnnPolicy"), seed=seed
+            make_plain(), advisor, steps=critic_steps, policy=config.get("policy", "CnnPolicy"), seed=seed, **sac_kwargs
         )
     model = algo_cls(config.get("policy", "CnnPolicy"), venv, seed=seed, verbose=0, **algo_kwargs)
     eval_every = max(1, int(config.get("eval_every", 10_000)) // n_envs)
