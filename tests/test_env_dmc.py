@@ -94,7 +94,8 @@ def test_fast_render_settings_and_teacher_view() -> None:
     env = make_dmc_env("walker-walk", teacher_size=128, seed=0)
     env.reset(seed=0)
     physics = env.unwrapped._env.physics
-    assert physics.model.vis.quality.shadowsize == 0 and physics.model.vis.quality.offsamples == 0
+    quality = physics.model.vis.quality
+    assert quality.shadowsize == 0 and quality.offsamples == 0 and (quality.numslices, quality.numstacks) == (12, 8)
     assert physics.model.vis.global_.offwidth == 128  # the largest frame asked for
     request = env.get_wrapper_attr("teacher_request")()
     assert request.image.shape == (128, 128, 3) and request.context == {"task": DMC_TASKS["walker-walk"].description}
