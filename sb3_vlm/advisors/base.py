@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 from sb3_vlm.advice import Advice, AdviceRequest
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -80,6 +82,18 @@ class Advisor(ABC):
 
     def advise_one(self, request: AdviceRequest) -> Advice:
         return self.advise([request])[0]
+
+    #: batches of at least this many requests show a progress bar on stderr (API and local VLM advisors); None: never
+    progress_threshold: int | None = 64
+
+    def _progress(self, items: Iterable[T], total: int, n_requests: int, unit: str = "request") -> Iterable[T]:
+        """``items`` (``total`` of them) with a tqdm bar when the batch has at least :attr:`progress_threshold`
+        requests."""
+        if self.progress_threshold is None or n_requests < self.progress_threshold:
+            return items
+        from tqdm.auto import tqdm
+
+        return tqdm(items, total=total, desc=f"advising ({type(self).__name__})", unit=unit, leave=False)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.identity})"

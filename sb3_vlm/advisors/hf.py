@@ -259,7 +259,8 @@ class HFAdvisor(PromptedAdvisor):
 
     def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
         answers: list[Advice] = []
-        for start in range(0, len(requests), self.batch_size):
+        starts = range(0, len(requests), self.batch_size)
+        for start in self._progress(starts, len(starts), len(requests), unit="batch"):
             chunk = list(requests[start : start + self.batch_size])
             answers += self._advise_chunk(chunk)
         return answers

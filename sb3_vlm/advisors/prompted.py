@@ -288,7 +288,7 @@ class PromptedAdvisor(Advisor):
             return [self._answer_one(r) for r in requests]
         if self._pool is None:  # kept across batches: thread start-up is not free at 32 requests a step
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sb3-vlm-advisor")
-        return list(self._pool.map(self._answer_one, requests))
+        return list(self._progress(self._pool.map(self._answer_one, requests), len(requests), len(requests)))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

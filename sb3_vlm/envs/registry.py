@@ -13,6 +13,7 @@ name                        env                                    prompt       
 ``carla-jaywalk``           CARLA #JW / #GP (128×128×9)            ``CARLA_JAYWALK`` (ERPv)     none
 ``minigrid-<task>``         the LVLM2P suite + DoorKey             ``MINIGRID_PROMPT``          shortest-path oracle
 ``MiniGrid-…-v0``           any MiniGrid id                        ``MINIGRID_PROMPT``          shortest-path oracle
+``pendulum`` (Pendulum-v1)  state + teacher view (not a paper env) ``PENDULUM_PROMPT``          swing-up + LQR
 =========================== ====================================== ============================ =================
 """
 
@@ -88,6 +89,8 @@ def _suite() -> dict[str, _Entry]:
     entries["carla-jaywalk"] = _Entry("carla", "make_carla_env", (prompts, "CARLA_JAYWALK"), args=("jaywalk",))
     for short, env_id in MINIGRID_SUITE.items():
         entries[f"minigrid-{short}"] = _minigrid_entry(env_id)
+    # not from the papers: the quick continuous-control task of the examples and benchmarks (state observations)
+    entries["pendulum"] = _Entry("pendulum", "make_pendulum_env", (prompts, "PENDULUM_PROMPT"), "PendulumSwingUpOracle")
     return entries
 
 
@@ -108,12 +111,22 @@ def names() -> list[str]:
     return sorted(_suite())
 
 
+def _suite_name(name: str) -> str:
+    """A suite name from itself, its Gymnasium id ``sb3_vlm/<name>-v0``, or ``Pendulum-v1``."""
+    if name.startswith(f"{GYM_NAMESPACE}/"):
+        name = name[len(GYM_NAMESPACE) + 1 :].rsplit("-v", 1)[0]
+    return "pendulum" if name == "Pendulum-v1" else name
+
+
 def _entry(name: str) -> _Entry:
-    entry = _suite().get(name)
+    entry = _suite().get(_suite_name(name))
     if entry is None and name.startswith("MiniGrid-"):
         entry = _minigrid_entry(name)
     if entry is None:
-        raise ValueError(f"Unknown environment {name!r}. Known: {', '.join(names())}, or any MiniGrid-* id")
+        raise ValueError(
+            f"Unknown environment {name!r}. Known: {', '.join(names())} (or sb3_vlm/<name>-v0), any MiniGrid-* id, "
+            "Pendulum-v1"
+        )
     return entry
 
 
@@ -132,11 +145,50 @@ def make(name: str, **overrides: Any) -> EnvBundle:
         :func:`~sb3_vlm.envs.minigrid.make_minigrid_env`
     """
     entry = _entry(name)
-    module = f"sb3_vlm.envs.{entry.module}"
-    factory: Callable[..., gym.Env] = _attribute(module, entry.factory)
+    factory: Callable[..., gym.Env] = _attribute(f"sb3_vlm.envs.{entry.module}", entry.factory)
     env = factory(*entry.args, **{**entry.defaults, **overrides})
-    advisor = _attribute(module, entry.advisor)() if entry.advisor else None
-    return EnvBundle(env=env, prompt=_attribute(*entry.prompt), advisor=advisor, name=name)
+    prompt, advisor = teacher_defaults(name)
+    return EnvBundle(env=env, prompt=prompt, advisor=advisor, name=name)
+
+
+def teacher_defaults(name: str) -> tuple[PromptTemplate, Advisor | None]:
+    """The default prompt and a new scripted advisor (or None) of a suite name / id, without making the env."""
+    entry = _entry(name)
+    advisor = _attribute(f"sb3_vlm.envs.{entry.module}", entry.advisor)() if entry.advisor else None
+    return _attribute(*entry.prompt), advisor
+
+
+def attach_teacher(env: gym.Env) -> tuple[gym.Env, PromptTemplate | None, Advisor | None]:
+    """
+    Give an env made elsewhere (``gym.make``, RL Zoo) a teacher view if it has none, with its default prompt and
+    scripted advisor: suite envs keep theirs; MiniGrid gets :class:`~sb3_vlm.envs.minigrid.MiniGridTeacherView`,
+    Pendulum :class:`~sb3_vlm.envs.pendulum.PendulumTeacherView`; other envs are returned as they are, without a
+    default prompt or advisor (the advice wrapper then shows the teacher ``env.render()``).
+
+    :return: (env, prompt or None, scripted advisor or None)
+    """
+    spec_id = env.spec.id if env.spec is not None else ""
+    try:
+        env.get_wrapper_attr("teacher_request")
+        has_view = True
+    except AttributeError:
+        has_view = False
+    unwrapped_module = type(env.unwrapped).__module__
+    if has_view:
+        try:
+            return (env, *teacher_defaults(spec_id))
+        except ValueError:
+            return env, None, None
+    if unwrapped_module.startswith("minigrid"):
+        from sb3_vlm.envs.minigrid import MiniGridTeacherView
+
+        return (MiniGridTeacherView(env), *teacher_defaults("minigrid-lavagap"))
+    if type(env.unwrapped).__name__ == "PendulumEnv":
+        from sb3_vlm.envs.pendulum import PendulumTeacherView
+
+        view = PendulumTeacherView(env, render_image=env.render_mode == "rgb_array")
+        return (view, *teacher_defaults("pendulum"))
+    return env, None, None
 
 
 def make_env(name: str, **overrides: Any) -> gym.Env:

@@ -101,6 +101,12 @@ class VLMAdviceWrapper(gym.Wrapper):
     def advisor_stats(self) -> AdvisorStats:
         return self.advisor.stats
 
+    def advice_counters(self) -> tuple[str, dict[str, float]]:
+        """This wrapper's advisor counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`."""
+        from sb3_vlm.callbacks import advice_counters
+
+        return advice_counters(self.advisor)
+
     def _advice_for(self, obs: Any) -> Advice:
         self._current_request = None
         if self._episode_step % self.query_every != 0:

@@ -73,6 +73,12 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
     def advisor_stats(self) -> AdvisorStats:
         return self.advisor.stats
 
+    def advice_counters(self) -> tuple[str, dict[str, float]]:
+        """This wrapper's advisor counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`."""
+        from sb3_vlm.callbacks import advice_counters
+
+        return advice_counters(self.advisor)
+
     def _refresh(self, obs: VecEnvObs, indices: list[int]) -> None:
         """New advice for the envs in ``indices`` (those due a query), one advise() call."""
         due = [i for i in indices if self.episode_steps[i] % self.query_every == 0]

@@ -1,0 +1,131 @@
+"""Callbacks that are not tied to one algorithm: advisor metrics for TensorBoard (and every other SB3 logger)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+
+from sb3_vlm.advisors.base import Advisor
+
+#: the logger keys of :class:`AdviceMetricsCallback`
+ADVISOR_KEYS = (
+    "advisor/queries",
+    "advisor/cache_hits",
+    "advisor/cache_hit_rate",
+    "advisor/mean_latency_s",
+    "advisor/invalid",
+    "advisor/errors",
+    "advisor/parse_failures",
+    "advisor/retries",
+    "advisor/http_errors",
+    "advisor/tokens",
+)
+_EXTRA = ("tokens", "retries", "parse_failures")
+
+
+def advisor_counters(advisor: Advisor) -> dict[str, float]:
+    """
+    An advisor's counters as plain numbers: its :class:`~sb3_vlm.advisors.base.AdvisorStats` plus, summed over the
+    advisors it wraps (cache, noise ...), the API counters ``tokens``, ``retries``, ``parse_failures`` and
+    ``http_errors`` where an advisor keeps them.
+    """
+    out: dict[str, float] = {k: float(v) for k, v in advisor.stats.as_dict().items()}
+    out.update({k: 0.0 for k in (*_EXTRA, "http_errors")})
+    seen: set[int] = set()
+    current: Any = advisor
+    while isinstance(current, Advisor) and id(current) not in seen:
+        seen.add(id(current))
+        for key in _EXTRA:
+            out[key] += float(getattr(current, key, 0) or 0)
+        errors = getattr(current, "http_errors", None)
+        if isinstance(errors, dict):
+            out["http_errors"] += float(sum(errors.values()))
+        current = getattr(current, "advisor", None) or getattr(current, "base", None)
+    return out
+
+
+def advice_counters(advisor: Advisor) -> tuple[str, dict[str, float]]:
+    """``(key, counters)``: the key identifies the advisor's counters across envs that share it (same process, same
+    stats object), so that :class:`AdviceMetricsCallback` counts a shared advisor once."""
+    return f"{os.getpid()}:{id(advisor.stats)}", advisor_counters(advisor)
+
+
+def collect_advice_counters(env: VecEnv) -> dict[str, dict[str, float]]:
+    """Counters of every advisor in a VecEnv: VecEnv-level advice wrappers and per-env ``VLMAdviceWrapper``\\ s."""
+    found: dict[str, dict[str, float]] = {}
+    current: Any = env
+    while isinstance(current, VecEnvWrapper):
+        if callable(getattr(current, "advice_counters", None)):
+            key, counters = current.advice_counters()
+            found[key] = counters
+        current = current.venv
+    try:
+        per_env = env.env_method("advice_counters")
+    except AttributeError:  # no env-level advice wrapper
+        per_env = []
+    for key, counters in per_env:
+        found[key] = counters
+    return found
+
+
+class AdviceMetricsCallback(BaseCallback):
+    """
+    Log the advisors' counters under ``advisor/*`` (TensorBoard, CSV, stdout): queries, cache hits and hit rate,
+    mean latency, invalid answers, backend errors, parse failures, retries, HTTP errors and tokens, summed over the
+    training env's advisors (a shared advisor counts once). A key some other code already logged in the current
+    interval is left alone.
+
+    :param log_every: refresh the values at most every this many env steps (collecting them asks every env worker)
+    :param verbose: 1 prints the counters when training ends
+    """
+
+    def __init__(self, log_every: int = 1000, verbose: int = 0):
+        super().__init__(verbose)
+        self.log_every = log_every
+        self._last = -1
+        self.latest: dict[str, float] = {}
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self._last < 0 or self.num_timesteps - self._last >= self.log_every:
+            self.record()
+
+    def _on_training_end(self) -> None:
+        self.record()
+        if self.verbose:
+            print("advisor:", {k.split("/", 1)[1]: round(v, 4) for k, v in self.latest.items()})
+
+    def record(self) -> dict[str, float]:
+        """Collect and log the counters now; returns what was logged."""
+        self._last = self.num_timesteps
+        found = collect_advice_counters(self.training_env)
+        if not found:
+            return {}
+        total: dict[str, float] = {}
+        for counters in found.values():
+            for key, value in counters.items():
+                total[key] = total.get(key, 0.0) + value
+        looked_up = total["cache_hits"] + total["cache_misses"]
+        values = {
+            "advisor/queries": total["queries"],
+            "advisor/cache_hits": total["cache_hits"],
+            "advisor/cache_hit_rate": total["cache_hits"] / looked_up if looked_up else 0.0,
+            "advisor/mean_latency_s": total["total_latency"] / total["queries"] if total["queries"] else 0.0,
+            "advisor/invalid": total["invalid"],
+            "advisor/errors": total["errors"],
+            "advisor/parse_failures": total["parse_failures"],
+            "advisor/retries": total["retries"],
+            "advisor/http_errors": total["http_errors"],
+            "advisor/tokens": total["tokens"],
+        }
+        already = self.logger.name_to_value
+        for key, value in values.items():
+            if key not in already:
+                self.logger.record(key, value)
+        self.latest = values
+        return values
