@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     flat = sum(r["no_reflections_fps"] >= TARGET_FPS for r in results.values())
     lines += [
         "",
-        f"{met}/{len(results)} tasks at ≥ {TARGET_FPS:.0f} tuned frames/s ({flat}/{len(results)} with reflections off).",
+        f"{met}/{len(results)} tasks at ≥ {TARGET_FPS:.0f} tuned frames/s "
+        f"({flat}/{len(results)} with reflections off).",
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -44,29 +44,14 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sb3_vlm.experiments.plotting import plot_learning_curves
 
     by_env: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_env[row["env"]].append(row)
     for env, runs in by_env.items():
-        n = min(len(r["curve_mean"]) for r in runs)
-        fig, ax = plt.subplots(figsize=(5, 3.4))
-        if n:
-            steps = np.array(runs[0]["curve_steps"][:n])
-            curves = np.array([r["curve_mean"][:n] for r in runs])
-            mean, std = curves.mean(axis=0), curves.std(axis=0)
-            ax.plot(steps, mean, marker="o")
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
-        ax.set_title(f"{env} ({len(runs)} seeds)")
-        ax.set_xlabel("environment steps")
-        ax.set_ylabel("evaluation return")
-        fig.tight_layout()
-        fig.savefig(out / f"{env}.png", dpi=110)
-        plt.close(fig)
+        curves = {env: [(r["curve_steps"], r["curve_mean"]) for r in runs if r["curve_steps"]]}
+        plot_learning_curves(curves, out / f"{env}.png", title=f"{env} ({len(runs)} seeds)", ylabel="evaluation return")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,11 +78,13 @@ class AdviceMetricsCallback(BaseCallback):
     training env's advisors (a shared advisor counts once). A key some other code already logged in the current
     interval is left alone.
 
-    :param log_every: refresh the values at most every this many env steps (collecting them asks every env worker)
+    :param log_every: refresh the values at the end of a rollout once this many env steps have passed since the
+        last refresh (0: every rollout; collecting them asks every env worker, so raise it for off-policy training
+        on a ``SubprocVecEnv``, whose rollouts are single steps)
     :param verbose: 1 prints the counters when training ends
     """
 
-    def __init__(self, log_every: int = 1000, verbose: int = 0):
+    def __init__(self, log_every: int = 0, verbose: int = 0):
         super().__init__(verbose)
         self.log_every = log_every
         self._last = -1

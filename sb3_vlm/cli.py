@@ -81,21 +81,18 @@ def _advise(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sb3_vlm.advisors.factory import advisor_from_spec
-    from sb3_vlm.advisors.prompts import BUILTIN_PROMPTS, MINIGRID_PROMPT, PENDULUM_PROMPT
+    from sb3_vlm.advisors.prompts import BUILTIN_PROMPTS
+    from sb3_vlm.experiments.runs import make_env_bundle
 
     console = Console()
-    oracle: Any
-    if args.env.startswith("MiniGrid"):
-        from sb3_vlm.envs.minigrid import MiniGridOracle, make_minigrid_env
-
-        env: Any = make_minigrid_env(args.env)
-        prompt, oracle = MINIGRID_PROMPT, MiniGridOracle()
-    elif args.env.startswith("Pendulum"):
-        from sb3_vlm.envs.pendulum import PendulumSwingUpOracle, make_pendulum_env
-
-        env, prompt, oracle = make_pendulum_env(render_image=True), PENDULUM_PROMPT, PendulumSwingUpOracle()
-    else:
-        console.print(f"[red]sb3-vlm advise knows MiniGrid-* and Pendulum-v1 envs, not {args.env}[/red]")
+    try:
+        bundle = make_env_bundle(args.env, **({"render_image": True} if args.env.startswith("Pendulum") else {}))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]", markup=True)
+        return 2
+    env, prompt, oracle = bundle
+    if prompt is None and args.prompt is None:
+        console.print(f"[red]{args.env} has no default prompt: give --prompt[/red]")
         return 2
     if args.prompt is not None:
         prompt = BUILTIN_PROMPTS[args.prompt]
@@ -132,8 +129,120 @@ def _advise(args: argparse.Namespace) -> int:
     return 0 if advice.valid else 1
 
 
+ENV_HELP = "a suite name (see `sb3-vlm envs`), sb3_vlm/<name>-v0, any MiniGrid-* id, Pendulum-v1 or a Gymnasium id"
+
+
+def _parse_hyperparams(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as YAML (numbers, lists, dicts, strings)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--hyperparams takes key=value pairs, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch as th
+
+    from sb3_vlm.experiments.runs import train
+
+    th.set_num_threads(args.threads)
+    run = train(
+        args.env,
+        algo=args.algo,
+        advisor=args.advisor,
+        steps=args.steps,
+        out=args.out,
+        n_envs=args.n_envs,
+        query_every=args.query_every,
+        cache=args.cache,
+        seed=args.seed,
+        hyperparams=_parse_hyperparams(args.hyperparams),
+        tensorboard=args.tensorboard,
+        progress_bar=not args.no_progress,
+        verbose=args.verbose,
+    )
+    counters = run["advisor_counters"]
+    advice = f", advisor queries {counters['advisor/queries']:.0f}" if counters else ""
+    print(f"saved {Path(args.out) / 'model.zip'} ({run['steps']:,} steps in {run['wall_s']:.0f} s{advice})")
+    print(f"evaluate: sb3-vlm eval {args.out}    compare: sb3-vlm compare {args.out} OTHER_RUN --out curves.png")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from sb3_vlm.experiments.runs import evaluate
+
+    result = evaluate(
+        args.model, args.env, args.algo, episodes=args.episodes, seed=args.seed, deterministic=not args.stochastic
+    )
+    print(
+        f"{result['algo']} on {result['env']}: mean return {result['mean_return']:.3f} ± {result['std_return']:.3f} "
+        f"over {result['episodes']} episodes (mean length {result['mean_length']:.1f}), no advisor"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from sb3_vlm.experiments.plotting import plot_learning_curves
+    from sb3_vlm.experiments.runs import default_label, run_curve
+
+    if args.labels and len(args.labels) != len(args.runs):
+        raise SystemExit(f"--labels needs one label per run ({len(args.runs)}), got {len(args.labels)}")
+    labels = args.labels or [default_label(r) for r in args.runs]
+    curves: dict[str, list[tuple[Any, Any]]] = {}
+    for run, label in zip(args.runs, labels, strict=True):
+        steps, values = run_curve(run, window=args.window, tag=args.tag)
+        curves.setdefault(label, []).append((steps, values))
+    plot_learning_curves(curves, args.out, title=args.title, ylabel=args.ylabel)
+    for label, runs in curves.items():
+        finals = [float(v[-1]) for _, v in runs]
+        print(f"{label}: {len(runs)} run(s), final {sum(finals) / len(finals):.3f} (last value of each curve)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from sb3_vlm.advisors.cache import AdviceCache
+
+    if not Path(args.path).exists():
+        print(f"no cache at {args.path}")
+        return 1
+    cache = AdviceCache(args.path)
+    if args.action == "clear":
+        n = len(cache)
+        cache.clear()
+        cache.vacuum()
+        print(f"cleared {n} entries from {args.path}")
+        return 0
+    print(json.dumps(cache.summary(), indent=1))
+    return 0
+
+
+def _envs(args: argparse.Namespace) -> int:
+    from sb3_vlm.envs import gym_id, names
+
+    for name in names():
+        print(f"{name:28s} {gym_id(name)}")
+    print("(also: any MiniGrid-* id, Pendulum-v1)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sb3-vlm", description="Train SB3 policies with advice from VLMs.")
+    from sb3_vlm.advisors.factory import SPEC_HELP
+    from sb3_vlm.experiments.runs import ALGO_NAMES as ALGO_CHOICES
+
+    parser = argparse.ArgumentParser(
+        prog="sb3-vlm",
+        description="Train Stable-Baselines3 policies with advice from vision-language models. Start with "
+        "`sb3-vlm demo` (no API key), then `sb3-vlm train ENV --advisor SPEC`, `sb3-vlm eval RUN`, "
+        "`sb3-vlm compare RUN... --out curves.png`. Each command has its own --help.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
@@ -150,17 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.set_defaults(func=_demo)
 
-    from sb3_vlm.advisors.factory import SPEC_HELP
-
     advise = sub.add_parser(
         "advise",
         help="show the rendered prompt, the raw answer and the parsed advice for one observation (prompt debugging)",
         description="Ask an advisor about one observation of an env and show every stage. Exit code 1 if the answer "
         "could not be used. Keys come from OPENAI_API_KEY / GEMINI_API_KEY.",
     )
-    advise.add_argument(
-        "--env", default="MiniGrid-LavaGapS7-v0", help="MiniGrid-* or Pendulum-v1 (default: %(default)s)"
-    )
+    advise.add_argument("--env", default="MiniGrid-LavaGapS7-v0", help=f"{ENV_HELP} (default: %(default)s)")
     advise.add_argument("--advisor", default="oracle", help=f"{SPEC_HELP} (default: %(default)s)")
     advise.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
     advise.add_argument("--prompt", default=None, help="a built-in prompt name (default: the env's)")
@@ -168,6 +273,80 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--steps", type=int, default=0, help="random steps before asking (default: %(default)s)")
     advise.add_argument("--save-image", default=None, help="save the teacher's image to this PNG")
     advise.set_defaults(func=_advise)
+
+    train = sub.add_parser(
+        "train",
+        help="train a guided (or plain) algorithm on an env with an advisor, save model and logs to --out",
+        description="Train and save a run folder (model.zip, run.json, monitor CSVs, progress.csv, tb/). Defaults "
+        "for steps, envs, policy and hyperparameters come from the shipped RL Zoo files (sb3_vlm/zoo/hyperparams). "
+        "Example: sb3-vlm train MiniGrid-LavaGapS7-v0 --algo guided_ppo --advisor oracle --steps 50000 --out runs/g",
+    )
+    train.add_argument("env", help=ENV_HELP)
+    train.add_argument("--algo", default="guided_ppo", choices=ALGO_CHOICES, help="(default: %(default)s)")
+    train.add_argument("--advisor", default=None, help=f"{SPEC_HELP} (default: the env's default, usually oracle)")
+    train.add_argument("--steps", type=int, default=None, help="env steps (default: the shipped file's, else 100k)")
+    train.add_argument("--out", default="runs/run", help="run folder (default: %(default)s)")
+    train.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the shipped file's, else 1)")
+    train.add_argument("--query-every", type=int, default=None, help="ask the advisor every k steps")
+    train.add_argument("--cache", default=None, help="advice cache file (SQLite), reused across runs")
+    train.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    train.add_argument(
+        "--hyperparams", nargs="*", default=[], metavar="KEY=VALUE", help="algorithm arguments, e.g. method=varl"
+    )
+    train.add_argument("--tensorboard", action="store_true", help="also log to <out>/ for TensorBoard")
+    train.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument("--verbose", type=int, default=0, help="SB3 verbosity (default: %(default)s)")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate a saved policy without its advisor",
+        description="Run a saved model on its env (no VLM needed) and print the mean return. Example: sb3-vlm eval "
+        "runs/g",
+    )
+    evaluate.add_argument("model", help="a run folder or model.zip (run.json beside it gives env and algo)")
+    evaluate.add_argument("--env", default=None, help="override the run's env")
+    evaluate.add_argument("--algo", default=None, choices=ALGO_CHOICES, help="needed without run.json")
+    evaluate.add_argument("--episodes", type=int, default=20, help="(default: %(default)s)")
+    evaluate.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    evaluate.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    evaluate.add_argument("--json", default=None, help="also write the result to this JSON file")
+    evaluate.set_defaults(func=_eval)
+
+    compare = sub.add_parser(
+        "compare",
+        help="draw mean ± std learning curves of several runs (Monitor CSVs or TensorBoard logs) to a PNG",
+        description="Runs sharing a label (their folder name without a trailing _<seed>, or --labels) are averaged. "
+        "Works on sb3-vlm train folders, RL Zoo log folders and any folder with SB3 Monitor CSVs or TensorBoard "
+        "event files. Example: sb3-vlm compare runs/ppo_0 runs/ppo_1 runs/guided_0 runs/guided_1 --out cmp.png",
+    )
+    compare.add_argument("runs", nargs="+", help="run folders")
+    compare.add_argument("--out", default="compare.png", help="PNG path (default: %(default)s)")
+    compare.add_argument("--labels", nargs="*", default=None, help="one label per run (default: from folder names)")
+    compare.add_argument("--window", type=int, default=20, help="episodes in the rolling mean (default: %(default)s)")
+    compare.add_argument("--tag", default="rollout/ep_rew_mean", help="TensorBoard scalar (default: %(default)s)")
+    compare.add_argument("--title", default="", help="plot title")
+    compare.add_argument("--ylabel", default="episode return", help="(default: %(default)s)")
+    compare.set_defaults(func=_compare)
+
+    cache = sub.add_parser(
+        "cache",
+        help="show statistics of an advice cache or clear it",
+        description="An advice cache is the SQLite file given to --cache / VLMAdviceWrapper(cache=...). Example: "
+        "sb3-vlm cache stats advice.sqlite",
+    )
+    cache.add_argument("action", choices=("stats", "clear"))
+    cache.add_argument("path", help="the cache file")
+    cache.set_defaults(func=_cache)
+
+    envs = sub.add_parser(
+        "envs",
+        help="list the environment names sb3-vlm knows",
+        description="List the papers' environments (DMControl pixels, CarRacing, CARLA, the MiniGrid suite) by the "
+        "names train/eval/advise and sb3_vlm.envs.make accept, with their Gymnasium ids for RL Zoo.",
+    )
+    envs.set_defaults(func=_envs)
     return parser
 
 

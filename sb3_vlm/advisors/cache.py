@@ -77,6 +77,35 @@ class AdviceCache:
         with self._lock:
             self._connection().execute("DELETE FROM advice")
 
+    def vacuum(self) -> None:
+        """Give the space of deleted entries back to the file system."""
+        with self._lock:
+            self._connection().execute("VACUUM")
+
+    def summary(self) -> dict[str, Any]:
+        """What the cache holds: entries, valid fraction, entries per answering source, age range, file size."""
+        with self._lock:
+            rows = self._connection().execute("SELECT value, created FROM advice").fetchall()
+        sources: dict[str, int] = {}
+        valid = 0
+        for value, _ in rows:
+            advice = json.loads(value)
+            sources[advice.get("source", "")] = sources.get(advice.get("source", ""), 0) + 1
+            valid += bool(advice.get("valid", True))
+        created = [c for _, c in rows]
+        size = sum(
+            Path(self.path + suffix).stat().st_size for suffix in ("", "-wal") if Path(self.path + suffix).exists()
+        )
+        return dict(
+            path=self.path,
+            entries=len(rows),
+            valid_fraction=valid / len(rows) if rows else 0.0,
+            by_source=dict(sorted(sources.items(), key=lambda kv: -kv[1])),
+            oldest=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(min(created))) if created else None,
+            newest=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(max(created))) if created else None,
+            size_bytes=size if self.path != ":memory:" else 0,
+        )
+
     def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()

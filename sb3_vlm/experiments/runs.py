@@ -1,0 +1,273 @@
+"""
+What ``sb3-vlm train`` / ``eval`` / ``compare`` do: train a (guided) algorithm on a suite env with an advisor spec and
+save the run, evaluate a saved policy without its teacher, and read the learning curves of finished runs (SB3 Monitor
+CSVs or TensorBoard event files).
+
+A run folder holds ``model.zip``, ``run.json`` (arguments, advisor counters, wall time), ``monitor/*.monitor.csv``,
+``progress.csv`` and, with TensorBoard on, ``tb/``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: algorithms ``sb3-vlm train`` knows: the guided ones and their plain SB3 baselines
+ALGO_NAMES = ("guided_ppo", "guided_a2c", "guided_sac", "ppo", "a2c", "sac")
+# RL Zoo keys that are not constructor arguments
+_ZOO_ONLY = ("n_timesteps", "n_envs", "policy", "env_wrapper", "advisor", "callback", "normalize", "frame_stack")
+
+
+def algo_class(name: str) -> Any:
+    if name not in ALGO_NAMES:
+        raise ValueError(f"Unknown algorithm {name!r}; choose from {', '.join(ALGO_NAMES)}")
+    if name == "guided_ppo":
+        from sb3_vlm.ppo import GuidedPPO
+
+        return GuidedPPO
+    if name == "guided_a2c":
+        from sb3_vlm.a2c import GuidedA2C
+
+        return GuidedA2C
+    if name == "guided_sac":
+        from sb3_vlm.sac import GuidedSAC
+
+        return GuidedSAC
+    import stable_baselines3
+
+    return getattr(stable_baselines3, name.upper())
+
+
+def zoo_defaults(algo: str, env_name: str) -> dict[str, Any]:
+    """The env's entry in ``sb3_vlm/zoo/hyperparams/<algo>.yml`` (guided algorithms), or {} if it has none."""
+    import yaml
+
+    from sb3_vlm.envs.registry import gym_id
+
+    path = Path(__file__).resolve().parents[1] / "zoo" / "hyperparams" / f"{algo}.yml"
+    if not path.exists():
+        return {}
+    config = yaml.safe_load(path.read_text()) or {}
+    entry = config.get(env_name) or config.get(gym_id(env_name)) or {}
+    return dict(entry)
+
+
+def make_env_bundle(env_name: str, **overrides: Any) -> Any:
+    """:func:`sb3_vlm.envs.make` for suite names and ids; any other Gymnasium id through ``gym.make`` plus its
+    teacher view where one is known (:func:`~sb3_vlm.envs.registry.attach_teacher`)."""
+    import gymnasium as gym
+
+    from sb3_vlm.envs import EnvBundle, make
+    from sb3_vlm.envs.registry import attach_teacher
+
+    try:
+        return make(env_name, **overrides)
+    except ValueError as exc:
+        if env_name not in gym.registry:
+            raise ValueError(f"{exc}; nor is {env_name!r} a registered Gymnasium id") from None
+    env, prompt, advisor = attach_teacher(gym.make(env_name, **overrides))
+    return EnvBundle(env=env, prompt=prompt, advisor=advisor, name=env_name)  # type: ignore[arg-type]
+
+
+def train(
+    env_name: str,
+    algo: str = "guided_ppo",
+    advisor: str | None = None,
+    steps: int | None = None,
+    out: str | Path = "runs/run",
+    n_envs: int | None = None,
+    query_every: int | None = None,
+    cache: str | None = None,
+    seed: int = 0,
+    hyperparams: dict[str, Any] | None = None,
+    tensorboard: bool = False,
+    progress_bar: bool = True,
+    verbose: int = 0,
+) -> dict[str, Any]:
+    """
+    Train ``algo`` on ``env_name`` with advice from ``advisor`` and save the run under ``out``.
+
+    Defaults (steps, n_envs, policy, hyperparameters, advisor, query_every) come from the env's entry in the shipped
+    RL Zoo hyperparameters, then from SB3's defaults. Plain ``ppo`` / ``a2c`` / ``sac`` train without any advisor.
+
+    :return: the content of ``run.json``
+    """
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import configure
+
+    from sb3_vlm.advisors.factory import advisor_from_spec
+    from sb3_vlm.callbacks import AdviceMetricsCallback
+    from sb3_vlm.wrappers import VecVLMAdviceWrapper
+
+    cls = algo_class(algo)
+    guided = algo.startswith("guided_")
+    defaults = zoo_defaults(algo if guided else f"guided_{algo}", env_name)
+    advice_defaults = defaults.get("advisor") or {}
+    if isinstance(advice_defaults, str):
+        advice_defaults = {"advisor": advice_defaults}
+    spec = advisor or advice_defaults.get("advisor", "oracle")
+    every = query_every or int(advice_defaults.get("query_every", 1))
+    total = int(steps or defaults.get("n_timesteps", 100_000))
+    n = int(n_envs or defaults.get("n_envs", 1))
+    kwargs = {k: v for k, v in defaults.items() if k not in _ZOO_ONLY}
+    if not guided:  # the guided-only arguments of the shipped file do not apply to the plain baseline
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("teacher_coef", "method", "advice_critic")}
+    kwargs.update(hyperparams or {})
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = make_env_bundle(env_name)
+    prompt, oracle, observation_space = bundle.prompt, bundle.advisor, bundle.env.observation_space
+    bundle.env.close()
+    venv: Any = make_vec_env(
+        lambda: make_env_bundle(env_name).env, n_envs=n, seed=seed, monitor_dir=str(out / "monitor")
+    )
+    teacher = None
+    if guided:
+        from sb3_vlm.advisors.prompts import CONTINUOUS_CONTROL
+
+        teacher = advisor_from_spec(spec, prompt or CONTINUOUS_CONTROL, oracle=oracle)
+        venv = VecVLMAdviceWrapper(venv, teacher, query_every=every, cache=cache)
+    policy = defaults.get("policy") or (
+        "CnnPolicy" if len(getattr(observation_space, "shape", ()) or ()) == 3 else "MlpPolicy"
+    )
+    model = cls(policy, venv, seed=seed, verbose=verbose, **kwargs)
+    model.set_logger(configure(str(out), ["csv", "tensorboard"] if tensorboard else ["csv"]))
+    start = time.perf_counter()
+    metrics = AdviceMetricsCallback()
+    model.learn(total, callback=metrics if guided else None, progress_bar=progress_bar)
+    model.save(out / "model.zip")
+    run = dict(
+        env=env_name,
+        algo=algo,
+        advisor=teacher.identity if teacher is not None else None,
+        steps=total,
+        n_envs=n,
+        seed=seed,
+        query_every=every if guided else None,
+        policy=policy,
+        hyperparams={k: repr(v) if not isinstance(v, int | float | str | bool) else v for k, v in kwargs.items()},
+        advisor_counters=metrics.latest,
+        wall_s=time.perf_counter() - start,
+    )
+    (out / "run.json").write_text(json.dumps(run, indent=2))
+    venv.close()
+    return run
+
+
+def evaluate(
+    model_path: str | Path,
+    env_name: str | None = None,
+    algo: str | None = None,
+    episodes: int = 20,
+    seed: int = 0,
+    deterministic: bool = True,
+) -> dict[str, Any]:
+    """
+    Evaluate a saved policy on its env with no advisor (the VLM is a training-time teacher only).
+
+    :param model_path: a ``model.zip`` (``run.json`` beside it supplies ``env_name`` and ``algo`` when not given)
+    """
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    path = Path(model_path)
+    if path.is_dir():
+        path = path / "model.zip"
+    if not path.exists():
+        raise FileNotFoundError(f"No saved model at {path}")
+    run_file = path.parent / "run.json"
+    run = json.loads(run_file.read_text()) if run_file.exists() else {}
+    env_name = env_name or run.get("env")
+    algo = algo or run.get("algo")
+    if env_name is None or algo is None:
+        raise ValueError(f"{path} has no run.json beside it: give the env and --algo")
+    model = algo_class(algo).load(path, device="cpu", buffer_size=1) if "sac" in algo else algo_class(algo).load(path)
+    env = make_vec_env(lambda: make_env_bundle(env_name).env, n_envs=1, seed=seed)
+    returns, lengths = evaluate_policy(
+        model, env, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True
+    )
+    env.close()
+    values = np.asarray(returns, dtype=float)
+    return dict(
+        model=str(path),
+        env=env_name,
+        algo=algo,
+        episodes=episodes,
+        mean_return=float(values.mean()),
+        std_return=float(values.std()),
+        mean_length=float(np.mean(lengths)),
+        returns=values.tolist(),
+    )
+
+
+# --------------------------------------------------------------------------------------------- learning curves
+def monitor_curve(run_dir: Path, window: int = 20) -> tuple[np.ndarray, np.ndarray] | None:
+    """(env steps, rolling mean episode return) from every ``*monitor.csv`` under ``run_dir`` (all envs of the run,
+    episodes ordered by their end time), or None if there is none."""
+    files = sorted(run_dir.rglob("*monitor.csv"))
+    episodes: list[tuple[float, float, int]] = []
+    for file in files:
+        lines = file.read_text().splitlines()
+        if len(lines) < 2:
+            continue
+        header = lines[1].split(",") if lines[0].startswith("#") else lines[0].split(",")
+        body = lines[2:] if lines[0].startswith("#") else lines[1:]
+        col = {name: i for i, name in enumerate(header)}
+        for line in body:
+            fields = line.split(",")
+            episodes.append((float(fields[col["t"]]), float(fields[col["r"]]), int(float(fields[col["l"]]))))
+    if not episodes:
+        return None
+    episodes.sort()
+    steps = np.cumsum([length for _, _, length in episodes])
+    returns = np.array([r for _, r, _ in episodes])
+    kernel = np.ones(min(window, len(returns)))
+    rolling = (
+        np.convolve(returns, kernel, mode="full")[: len(returns)]
+        / np.convolve(np.ones(len(returns)), kernel, mode="full")[: len(returns)]
+    )
+    return steps, rolling
+
+
+def tensorboard_curve(run_dir: Path, tag: str = "rollout/ep_rew_mean") -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, values) of a scalar ``tag`` from the TensorBoard event files under ``run_dir``, or None."""
+    files = sorted(run_dir.rglob("events.out.tfevents*"))
+    if not files:
+        return None
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError as exc:
+        raise ImportError("Reading TensorBoard logs needs tensorboard: pip install tensorboard") from exc
+    points: dict[int, float] = {}
+    for file in files:
+        accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags().get("scalars", []):
+            points.update({event.step: event.value for event in accumulator.Scalars(tag)})
+    if not points:
+        return None
+    steps = np.array(sorted(points))
+    return steps, np.array([points[s] for s in steps])
+
+
+def run_curve(run_dir: str | Path, window: int = 20, tag: str = "rollout/ep_rew_mean") -> tuple[np.ndarray, np.ndarray]:
+    """A run's learning curve: Monitor CSVs if present, else TensorBoard's ``tag``."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise FileNotFoundError(f"No run folder {run_dir}")
+    curve = monitor_curve(run_dir, window) or tensorboard_curve(run_dir, tag)
+    if curve is None:
+        raise ValueError(f"{run_dir} has no *monitor.csv files and no TensorBoard scalar {tag!r}")
+    return curve
+
+
+def default_label(run_dir: str | Path) -> str:
+    """Runs that differ only by a trailing seed / run number (``ppo_1``, ``ppo_seed2``) share a label."""
+    name = Path(run_dir).resolve().name
+    return re.sub(r"[_-](seed)?\d+$", "", name) or name

@@ -1,0 +1,130 @@
+"""AdviceMetricsCallback's counters, the learning-curve readers, and the ``sb3-vlm`` train / eval / compare / cache /
+envs commands as a new user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from sb3_vlm import CallableAdvisor, GuidedPPO, VLMAdviceWrapper
+from sb3_vlm.advice import Advice
+from sb3_vlm.advisors.cache import CachedAdvisor
+from sb3_vlm.callbacks import AdviceMetricsCallback, advisor_counters
+from sb3_vlm.cli import main
+from sb3_vlm.experiments.runs import default_label, monitor_curve, run_curve
+from sb3_vlm.wrappers import VecVLMAdviceWrapper
+from tests.helpers import ColourEnv
+
+
+class _Tokens(CallableAdvisor):
+    """A scripted advisor that also keeps the API counters (as PromptedAdvisor does)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda r: Advice(probs=np.array([0.5, 0.5], np.float32)), name="tokens")
+        self.tokens, self.parse_failures, self.retries, self.http_errors = 0, 0, 0, {}
+
+    def _advise(self, requests):  # type: ignore[no-untyped-def]
+        self.tokens += 7 * len(requests)
+        self.http_errors["429"] = self.http_errors.get("429", 0) + 1
+        return super()._advise(requests)
+
+
+def test_metrics_count_a_shared_advisor_once_and_keep_existing_keys(tmp_path: Path) -> None:
+    advisor = _Tokens()
+    cached = CachedAdvisor(advisor, tmp_path / "c.sqlite")
+    venv = DummyVecEnv([lambda: VLMAdviceWrapper(ColourEnv(), cached) for _ in range(2)])  # one advisor, two envs
+    model = GuidedPPO("MlpPolicy", venv, n_steps=16, batch_size=32, n_epochs=1, seed=0)
+    callback = AdviceMetricsCallback()
+    model.learn(32, callback=callback)
+    model.logger.record("advisor/tokens", -1.0)  # something else logged it in this interval: left alone
+    callback.record()
+    assert model.logger.name_to_value["advisor/tokens"] == -1.0
+    assert model.logger.name_to_value["advisor/queries"] == advisor.stats.queries
+    stats = advisor.stats
+    values = callback.latest
+    assert values["advisor/queries"] == stats.queries == 2  # black and white: the cache answers everything else
+    assert values["advisor/cache_hits"] == stats.cache_hits and stats.cache_hits + stats.cache_misses >= 32
+    assert values["advisor/cache_hit_rate"] == pytest.approx(stats.cache_hits / (stats.cache_hits + stats.cache_misses))
+    assert values["advisor/tokens"] == 14 and values["advisor/http_errors"] == advisor.http_errors["429"]
+    assert values["advisor/mean_latency_s"] == pytest.approx(stats.total_latency / stats.queries)
+    counters = advisor_counters(cached)
+    assert counters["tokens"] == 14  # found through the cache wrapper
+
+
+def test_metrics_from_a_vec_advice_wrapper_reach_the_logger() -> None:
+    advisor = CallableAdvisor(lambda r: None, name="never")  # no advice: every answer invalid
+    venv = VecVLMAdviceWrapper(DummyVecEnv([ColourEnv, ColourEnv]), advisor)
+    model = GuidedPPO("MlpPolicy", venv, n_steps=8, batch_size=16, n_epochs=1, seed=0)
+    callback = AdviceMetricsCallback()
+    model.learn(16, callback=callback)
+    assert callback.latest["advisor/invalid"] == advisor.stats.invalid == advisor.stats.queries > 0
+    assert model.logger.name_to_value.get("advisor/invalid", callback.latest["advisor/invalid"]) >= 0
+
+
+def test_monitor_curve_merges_envs_by_end_time(tmp_path: Path) -> None:
+    header = '#{"t_start": 0.0, "env_id": "X"}\nr,l,t\n'
+    (tmp_path / "0.monitor.csv").write_text(header + "1.0,10,0.5\n3.0,10,2.0\n")
+    (tmp_path / "1.monitor.csv").write_text(header + "2.0,5,1.0\n")
+    steps, values = monitor_curve(tmp_path, window=2)
+    np.testing.assert_array_equal(steps, [10, 15, 25])  # episodes ordered by their end time across the two files
+    np.testing.assert_allclose(values, [1.0, 1.5, 2.5])  # rolling mean over up to 2 episodes
+    assert default_label("runs/guided_seed3") == "guided" and default_label("ppo_12") == "ppo"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no \*monitor.csv files and no TensorBoard scalar"):
+        run_curve(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        run_curve(tmp_path / "missing")
+
+
+def test_cli_train_eval_compare_and_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    cache = tmp_path / "advice.sqlite"
+    common = ["--steps", "1024", "--n-envs", "2", "--no-progress", "--hyperparams", "n_steps=64", "batch_size=64"]
+    env = "MiniGrid-Empty-Random-6x6-v0"  # has an entry in the shipped guided_ppo.yml
+    for seed in (0, 1):
+        out = str(runs / f"guided_{seed}")
+        assert main(["train", env, "--out", out, "--cache", str(cache), "--seed", str(seed), *common]) == 0
+    assert main(["train", env, "--algo", "ppo", "--out", str(runs / "ppo_0"), "--tensorboard", *common]) == 0
+    run = json.loads((runs / "guided_0" / "run.json").read_text())
+    assert run["algo"] == "guided_ppo" and run["advisor"].startswith("minigrid-oracle")
+    assert run["hyperparams"]["teacher_coef"] == 0.01  # from the shipped RL Zoo defaults
+    assert run["advisor_counters"]["advisor/queries"] > 0
+
+    assert main(["eval", str(runs / "guided_0"), "--episodes", "3", "--json", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["episodes"] == 3 and len(result["returns"]) == 3 and result["env"] == env
+
+    png = tmp_path / "cmp.png"
+    assert (
+        main(["compare", str(runs / "guided_0"), str(runs / "guided_1"), str(runs / "ppo_0"), "--out", str(png)]) == 0
+    )
+    assert png.stat().st_size > 15_000
+    out = capsys.readouterr().out
+    assert "guided: 2 run(s)" in out and "ppo: 1 run(s)" in out
+    # a run with only TensorBoard logs is read from its event files
+    for file in (runs / "ppo_0" / "monitor").iterdir():
+        file.unlink()
+    tb_png = tmp_path / "tb.png"
+    assert main(["compare", str(runs / "ppo_0"), "--out", str(tb_png), "--labels", "ppo (tb)"]) == 0
+    assert tb_png.stat().st_size > 10_000
+
+    capsys.readouterr()
+    assert main(["cache", "stats", str(cache)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["entries"] > 0 and stats["valid_fraction"] == 1.0 and set(stats["by_source"]) == {"oracle"}
+    assert main(["cache", "clear", str(cache)]) == 0
+    assert main(["cache", "stats", str(cache)]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["entries"] == 0
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "compare", "cache", "advise", "demo", "envs"])
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: sb3-vlm" in text and len(text) > 150
