@@ -140,7 +140,7 @@ def _parse_hyperparams(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--hyperparams takes key=value pairs, got {item!r}")
+            raise SystemExit(f"--hyperparams / --env-kwargs take key=value pairs, got {item!r}")
         out[key] = yaml.safe_load(value)
     return out
 
@@ -162,6 +162,7 @@ def _train(args: argparse.Namespace) -> int:
         cache=args.cache,
         seed=args.seed,
         hyperparams=_parse_hyperparams(args.hyperparams),
+        env_kwargs=_parse_hyperparams(args.env_kwargs),
         tensorboard=args.tensorboard,
         progress_bar=not args.no_progress,
         verbose=args.verbose,
@@ -292,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     train.add_argument(
         "--hyperparams", nargs="*", default=[], metavar="KEY=VALUE", help="algorithm arguments, e.g. method=varl"
+    )
+    train.add_argument(
+        "--env-kwargs",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="env factory arguments, e.g. student_obs=symbolic_partial (MiniGrid) or size=64 (pixels)",
     )
     train.add_argument("--tensorboard", action="store_true", help="also log to <out>/ for TensorBoard")
     train.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")

@@ -85,6 +85,7 @@ def train(
     cache: str | None = None,
     seed: int = 0,
     hyperparams: dict[str, Any] | None = None,
+    env_kwargs: dict[str, Any] | None = None,
     tensorboard: bool = False,
     progress_bar: bool = True,
     verbose: int = 0,
@@ -95,6 +96,7 @@ def train(
     Defaults (steps, n_envs, policy, hyperparameters, advisor, query_every) come from the env's entry in the shipped
     RL Zoo hyperparameters, then from SB3's defaults. Plain ``ppo`` / ``a2c`` / ``sac`` train without any advisor.
 
+    :param env_kwargs: keyword arguments of the env's factory (e.g. ``student_obs="symbolic_partial"``)
     :return: the content of ``run.json``
     """
     from stable_baselines3.common.env_util import make_vec_env
@@ -121,11 +123,12 @@ def train(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bundle = make_env_bundle(env_name)
+    env_kwargs = dict(env_kwargs or {})
+    bundle = make_env_bundle(env_name, **env_kwargs)
     prompt, oracle, observation_space = bundle.prompt, bundle.advisor, bundle.env.observation_space
     bundle.env.close()
     venv: Any = make_vec_env(
-        lambda: make_env_bundle(env_name).env, n_envs=n, seed=seed, monitor_dir=str(out / "monitor")
+        lambda: make_env_bundle(env_name, **env_kwargs).env, n_envs=n, seed=seed, monitor_dir=str(out / "monitor")
     )
     teacher = None
     if guided:
@@ -144,6 +147,7 @@ def train(
     model.save(out / "model.zip")
     run = dict(
         env=env_name,
+        env_kwargs=env_kwargs,
         algo=algo,
         advisor=teacher.identity if teacher is not None else None,
         steps=total,
@@ -171,7 +175,8 @@ def evaluate(
     """
     Evaluate a saved policy on its env with no advisor (the VLM is a training-time teacher only).
 
-    :param model_path: a ``model.zip`` (``run.json`` beside it supplies ``env_name`` and ``algo`` when not given)
+    :param model_path: a ``model.zip`` (``run.json`` beside it supplies ``env_name``, its keyword arguments and
+        ``algo`` when not given)
     """
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
@@ -188,7 +193,8 @@ def evaluate(
     if env_name is None or algo is None:
         raise ValueError(f"{path} has no run.json beside it: give the env and --algo")
     model = algo_class(algo).load(path, device="cpu", buffer_size=1) if "sac" in algo else algo_class(algo).load(path)
-    env = make_vec_env(lambda: make_env_bundle(env_name).env, n_envs=1, seed=seed)
+    env_kwargs = run.get("env_kwargs", {}) if env_name == run.get("env") else {}
+    env = make_vec_env(lambda: make_env_bundle(env_name, **env_kwargs).env, n_envs=1, seed=seed)
     returns, lengths = evaluate_policy(
         model, env, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True
     )
