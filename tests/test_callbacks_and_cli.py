@@ -128,3 +128,15 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
     assert done.value.code == 0
     text = capsys.readouterr().out
     assert "usage: sb3-vlm" in text and len(text) > 150
+
+
+def test_long_advisor_batches_get_a_progress_bar() -> None:
+    from tqdm.auto import tqdm
+
+    advisor = CallableAdvisor(lambda r: None)
+    advisor.progress_threshold = 3
+    items = [1, 2, 3]
+    assert isinstance(advisor._progress(items, 3, n_requests=3), tqdm)
+    assert advisor._progress(items, 3, n_requests=2) is items  # short batches stay quiet
+    advisor.progress_threshold = None
+    assert advisor._progress(items, 3, n_requests=1000) is items
