@@ -22,15 +22,16 @@ ADVISOR_KEYS = (
     "advisor/retries",
     "advisor/http_errors",
     "advisor/tokens",
+    "advisor/circuit_skips",
 )
-_EXTRA = ("tokens", "retries", "parse_failures")
+_EXTRA = ("tokens", "retries", "parse_failures", "circuit_skips")
 
 
 def advisor_counters(advisor: Advisor) -> dict[str, float]:
     """
     An advisor's counters as plain numbers: its :class:`~sb3_vlm.advisors.base.AdvisorStats` plus, summed over the
-    advisors it wraps (cache, noise ...), the API counters ``tokens``, ``retries``, ``parse_failures`` and
-    ``http_errors`` where an advisor keeps them.
+    advisors it wraps (cache, noise ...), the API counters ``tokens``, ``retries``, ``parse_failures``,
+    ``circuit_skips`` and ``http_errors`` where an advisor keeps them.
     """
     out: dict[str, float] = {k: float(v) for k, v in advisor.stats.as_dict().items()}
     out.update({k: 0.0 for k in (*_EXTRA, "http_errors")})
@@ -74,7 +75,8 @@ def collect_advice_counters(env: VecEnv) -> dict[str, dict[str, float]]:
 class AdviceMetricsCallback(BaseCallback):
     """
     Log the advisors' counters under ``advisor/*`` (TensorBoard, CSV, stdout): queries, cache hits and hit rate,
-    mean latency, invalid answers, backend errors, parse failures, retries, HTTP errors and tokens, summed over the
+    mean latency, invalid answers, backend errors, parse failures, retries, HTTP errors, tokens and requests held
+    back by an open circuit breaker, summed over the
     training env's advisors (a shared advisor counts once). A key some other code already logged in the current
     interval is left alone.
 
@@ -124,6 +126,7 @@ class AdviceMetricsCallback(BaseCallback):
             "advisor/retries": total["retries"],
             "advisor/http_errors": total["http_errors"],
             "advisor/tokens": total["tokens"],
+            "advisor/circuit_skips": total["circuit_skips"],
         }
         already = self.logger.name_to_value
         for key, value in values.items():

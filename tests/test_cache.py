@@ -101,3 +101,38 @@ def test_cache_pickles_without_its_connection(tmp_path: Path) -> None:
     clone = pickle.loads(pickle.dumps(cache))
     got = clone.get("k")
     assert got is not None and got.action[0] == 2.0
+
+
+def test_a_corrupt_cache_file_is_moved_aside_and_recreated(tmp_path, caplog) -> None:
+    import logging
+
+    from sb3_vlm.advice import Advice
+    from sb3_vlm.advisors.cache import AdviceCache
+
+    path = tmp_path / "advice.sqlite"
+    path.write_bytes(b"this is not an sqlite database" * 100)
+    cache = AdviceCache(path)
+    with caplog.at_level(logging.WARNING, logger="sb3_vlm.advisors.cache"):
+        assert cache.get("k") is None  # no crash: an empty cache in its place
+    assert "unreadable" in caplog.text
+    aside = list(tmp_path.glob("advice.sqlite.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+    cache.put("k", Advice(action=None, probs=None, valid=True, source="s"))
+    assert AdviceCache(path).get("k") is not None  # the new file is a working cache
+
+
+def test_size_cap_evicts_the_oldest_entries(tmp_path) -> None:
+    import pytest
+
+    from sb3_vlm.advice import Advice
+    from sb3_vlm.advisors.cache import AdviceCache
+
+    cache = AdviceCache(tmp_path / "c.sqlite", max_entries=3)
+    for i in range(5):
+        cache.put(f"k{i}", Advice(source=str(i)))
+    assert len(cache) == 3 and cache.evicted == 2
+    assert cache.get("k0") is None and cache.get("k1") is None and cache.get("k4").source == "4"
+    cache.put("k2", Advice(source="again"))  # replacing an entry evicts nothing
+    assert len(cache) == 3 and cache.evicted == 2
+    with pytest.raises(ValueError, match="max_entries"):
+        AdviceCache(max_entries=0)

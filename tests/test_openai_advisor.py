@@ -214,3 +214,17 @@ def test_missing_optional_dependency_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "google.genai", None)
     with pytest.raises(ImportError, match=r"sb3-vlm\[api\]"):
         GeminiAdvisor("m", COVR_HIGHWAY, api_key="k")
+
+
+def test_circuit_breaker_stops_calling_a_failing_endpoint_and_retries_after_the_cooldown() -> None:
+    failure = Reply(status=500, body={"error": {"message": "down"}})
+    with LoopbackServer([failure, failure, Reply(body=chat_completion("action:[0.1, 0.9]"))]) as server:
+        advisor = _advisor(server, max_retries=0, concurrency=1, breaker_failures=2, breaker_cooldown=0.5)
+        first = advisor.advise([_car() for _ in range(5)])
+        assert not any(a.valid for a in first)
+        assert len(server.requests) == 2 and advisor.circuit_skips == 3 and advisor.circuit_open
+        assert advisor.stats.errors == 2 and advisor.stats.invalid == 5  # every request counted, none crashed
+        time.sleep(0.6)
+        again = advisor.advise([_car(), _car()])
+    assert all(a.valid for a in again) and len(server.requests) == 4  # half-open try succeeded: closed again
+    assert not advisor.circuit_open and advisor.circuit_skips == 3

@@ -28,13 +28,24 @@ class AdviceCache:
     several processes may share one file: SQLite's WAL journal and a busy timeout serialise their writers.
     ``path=":memory:"`` keeps a private in-process cache (not shared after pickling).
 
+    A file that is not a readable SQLite database (a crash mid-write on a file system without locking, a stray
+    file at the path) is moved aside to ``<path>.corrupt-<time>`` with a warning and a new cache is started there.
+
     :param path: database file, or ``":memory:"``
     :param timeout: seconds a writer waits for a lock held by another process
+    :param max_entries: keep at most this many entries: the oldest are evicted (first in, first out) when a write
+        goes over; None: unbounded
     """
 
-    def __init__(self, path: str | os.PathLike[str] = ":memory:", timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] = ":memory:", timeout: float = 30.0, max_entries: int | None = None
+    ) -> None:
+        if max_entries is not None and max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1 or None, got {max_entries}")
         self.path = str(path)
         self.timeout = timeout
+        self.max_entries = max_entries
+        self.evicted = 0
         self.hits = 0
         self.misses = 0
         self._conn: sqlite3.Connection | None = None
@@ -45,13 +56,34 @@ class AdviceCache:
         if self._conn is None or self._pid != os.getpid():
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False, isolation_level=None)
+            try:
+                conn = self._open()
+            except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: keep it for inspection
+                if self.path == ":memory:" or isinstance(exc, sqlite3.OperationalError):
+                    raise  # locked, read-only, missing permissions: the file may be fine, nothing to move
+                aside = f"{self.path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+                for suffix in ("", "-wal", "-shm"):
+                    if Path(self.path + suffix).exists():
+                        os.replace(self.path + suffix, aside + suffix)
+                logger.warning("Advice cache %s is unreadable (%r): moved to %s, starting an empty one", self.path,
+                               exc, aside)  # fmt: skip
+                conn = self._open()
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False, isolation_level=None)
+        try:
             if self.path != ":memory:":
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                    raise sqlite3.DatabaseError("quick_check failed")
             conn.execute(_SCHEMA)
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        return conn
 
     def get(self, key: str) -> Advice | None:
         with self._lock:
@@ -65,9 +97,18 @@ class AdviceCache:
     def put(self, key: str, advice: Advice) -> None:
         value = json.dumps(advice.to_dict())
         with self._lock:
-            self._connection().execute(
+            conn = self._connection()
+            conn.execute(
                 "INSERT OR REPLACE INTO advice (key, value, created) VALUES (?, ?, ?)", (key, value, time.time())
             )
+            if self.max_entries is not None:
+                # oldest first; one statement, so concurrent writers cannot both evict the same surplus twice
+                deleted = conn.execute(
+                    "DELETE FROM advice WHERE key IN (SELECT key FROM advice ORDER BY created ASC, rowid ASC "
+                    "LIMIT max(0, (SELECT COUNT(*) FROM advice) - ?))",
+                    (self.max_entries,),
+                ).rowcount
+                self.evicted += max(0, deleted)
 
     def __len__(self) -> int:
         with self._lock:

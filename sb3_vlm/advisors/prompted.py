@@ -98,6 +98,11 @@ class PromptedAdvisor(Advisor):
         Retry-After)
     :param concurrency: requests of one batch in flight at once
     :param structured: ask the backend for JSON output following :meth:`schema` (where it supports it)
+    :param breaker_failures: after this many requests in a row failed (after their retries), stop calling the
+        backend for ``breaker_cooldown`` seconds: requests then get invalid advice at once (counted in
+        ``circuit_skips``) and training goes on unguided; the first request after the pause tries again (one more
+        failure re-opens the circuit, a success closes it). 0 disables the breaker
+    :param breaker_cooldown: seconds the circuit stays open
     """
 
     def __init__(
@@ -111,6 +116,8 @@ class PromptedAdvisor(Advisor):
         max_backoff: float = 30.0,
         concurrency: int = 8,
         structured: bool = False,
+        breaker_failures: int = 5,
+        breaker_cooldown: float = 60.0,
     ):
         super().__init__()
         if distribution not in ("auto", "logprobs", "samples", "written"):
@@ -128,6 +135,12 @@ class PromptedAdvisor(Advisor):
         self.retries = 0
         self.parse_failures = 0
         self.http_errors: dict[str, int] = {}
+        if breaker_failures < 0 or breaker_cooldown < 0:
+            raise ValueError("breaker_failures and breaker_cooldown must be >= 0")
+        self.breaker_failures, self.breaker_cooldown = breaker_failures, breaker_cooldown
+        self.circuit_skips = 0
+        self._failures_in_a_row = 0
+        self._open_until = 0.0
 
     # ------------------------------------------------------------------ backend interface
 
@@ -273,15 +286,36 @@ class PromptedAdvisor(Advisor):
         gen = self._call(request, system, user, max_tokens=self.max_tokens, temperature=self.temperature, schema=schema)
         return self.parse(gen.texts[0] if gen.texts else "", space)
 
+    @property
+    def circuit_open(self) -> bool:
+        """Whether the breaker is holding requests back now (see ``breaker_failures``)."""
+        return time.monotonic() < self._open_until
+
     def _answer_one(self, request: AdviceRequest) -> Advice:
+        if self.circuit_open:
+            with self._lock:
+                self.circuit_skips += 1
+            return Advice.invalid(source=self.identity, raw="circuit open: the backend keeps failing")
         try:
-            return self.answer(request)
+            advice = self.answer(request)
         except Exception as exc:  # one failed request must not fail its whole batch
             self._count("failed")
             logger.warning("%s: request failed after retries: %r", self.identity, exc)
             with self._lock:
                 self.stats.errors += 1
+                self._failures_in_a_row += 1
+                if self.breaker_failures and self._failures_in_a_row >= self.breaker_failures and not self.circuit_open:
+                    self._open_until = time.monotonic() + self.breaker_cooldown
+                    logger.warning(
+                        "%s: %d requests in a row failed; no requests for %.0f s (training continues unguided)",
+                        self.identity,
+                        self._failures_in_a_row,
+                        self.breaker_cooldown,
+                    )
             return Advice.invalid(source=self.identity, raw=repr(exc))
+        with self._lock:
+            self._failures_in_a_row = 0  # the backend answered (even if the answer did not parse)
+        return advice
 
     def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
         if len(requests) == 1 or self.concurrency == 1:

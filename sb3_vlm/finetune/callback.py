@@ -154,6 +154,36 @@ class VLMFineTuneCallback(BaseCallback):
         self.history: list[dict[str, Any]] = []
         self._warned_no_requests = False
 
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """The schedule and D_f, for :class:`~sb3_vlm.checkpoint.VLMCheckpointCallback` (the fine-tuned weights are
+        in the round folders under ``save_dir``)."""
+        return {
+            "psi": self.psi,
+            "rounds": self.rounds,
+            "successful_rounds": self.successful_rounds,
+            "failed_rounds": self.failed_rounds,
+            "steps_since_round": self.steps_since_round,
+            "history": list(self.history),
+            "collector": self.collector,
+            "save_dir": None if self.save_dir is None else str(self.save_dir),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the schedule and D_f of :meth:`state_dict`."""
+        self.rounds, self.successful_rounds = state["rounds"], state["successful_rounds"]
+        self.failed_rounds, self.steps_since_round = state["failed_rounds"], state["steps_since_round"]
+        self.history, self.collector = list(state["history"]), state["collector"]
+        self._intervals = progressive_intervals(self.psi0)
+        self.psi = next(self._intervals)
+        for _ in range(self.rounds):  # every round, failed or not, moves the schedule on by one
+            self.psi = next(self._intervals)
+        if self.psi != state["psi"]:
+            raise ValueError(f"Checkpoint ψ = {state['psi']} does not follow from psi0 = {self.psi0}")
+        if state.get("save_dir") and self.save_dir is None:
+            self.save_dir = Path(state["save_dir"])
+
     # ------------------------------------------------------------------ SB3 hooks
 
     def _init_callback(self) -> None:
