@@ -21,6 +21,8 @@ from sb3_vlm.buffers import (
     AdvisedReplayBuffer,
     AdvisedRolloutBuffer,
 )
+from sb3_vlm.callbacks import AdviceMetricsCallback
+from sb3_vlm.checkpoint import VLMCheckpointCallback, load_checkpoint
 from sb3_vlm.finetune import LoraSettings, VLMFineTuneCallback
 from sb3_vlm.guidance import ConstantCoef, KickstartingCoef, LinearDecayCoef
 from sb3_vlm.policies import AdviceCritic
@@ -36,6 +38,7 @@ __all__ = [
     "Advice",
     "AdviceCache",
     "AdviceCritic",
+    "AdviceMetricsCallback",
     "AdviceRequest",
     "AdvisedDictReplayBuffer",
     "AdvisedDictRolloutBuffer",
@@ -59,7 +62,9 @@ __all__ = [
     "RandomAdvisor",
     "RandomAlternatingExploration",
     "VLMAdviceWrapper",
+    "VLMCheckpointCallback",
     "VLMFineTuneCallback",
+    "load_checkpoint",
     "make_minigrid_env",
     "make_pendulum_env",
     "make_pixel_env",

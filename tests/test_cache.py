@@ -136,3 +136,25 @@ def test_size_cap_evicts_the_oldest_entries(tmp_path) -> None:
     assert len(cache) == 3 and cache.evicted == 2
     with pytest.raises(ValueError, match="max_entries"):
         AdviceCache(max_entries=0)
+
+
+def test_identical_requests_in_one_batch_are_sent_once(tmp_path) -> None:
+    import numpy as np
+
+    from sb3_vlm.advice import AdviceRequest
+    from sb3_vlm.advisors import CallableAdvisor
+    from sb3_vlm.advisors.cache import CachedAdvisor
+
+    seen: list[int] = []
+
+    def answer(request: AdviceRequest) -> np.ndarray:
+        seen.append(int(request.context["v"]))
+        return np.array([float(request.context["v"])], dtype=np.float32)
+
+    advisor = CachedAdvisor(CallableAdvisor(answer, name="dedupe"), tmp_path / "c.sqlite")
+    batch = [AdviceRequest(image=None, context={"v": v}) for v in (1, 2, 1, 1, 3, 2)]
+    answers = advisor.advise(batch)
+    assert sorted(seen) == [1, 2, 3]  # three distinct views, three backend requests
+    assert [float(a.action[0]) for a in answers] == [1, 2, 1, 1, 3, 2]
+    assert answers[0] is not answers[2]  # each row gets its own Advice object
+    assert advisor.stats.queries == 3 and advisor.stats.cache_misses == 6

@@ -151,3 +151,12 @@ def test_dmc_render_speed_quick_smoke(tmp_path: Path) -> None:
     row = result["results"]["cartpole-swingup"]
     assert row["tuned_fps"] > row["default_fps"] > 0  # the tuned wrapper renders faster than dm_control's default
     assert (tmp_path / "render_speed.png").stat().st_size > 5_000
+
+
+def test_cache_queries_quick_smoke(tmp_path: Path) -> None:
+    _run_benchmark("cache_queries", "--quick", out=tmp_path)
+    rows = json.loads((tmp_path / "cache_queries.json").read_text())["rows"]
+    assert {r["mode"] for r in rows} == {"VecVLMAdviceWrapper", "per-env wrappers"}
+    for r in rows:
+        assert r["queries"] == r["distinct_views"] < r["requests"] and r["repeated_queries"] == 0
+    assert (tmp_path / "cache_queries.png").stat().st_size > 5_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -170,6 +171,7 @@ class CachedAdvisor(Advisor):
     Answer from the cache where possible and ask ``advisor`` only for the misses.
 
     Only valid answers are stored: a failure (timeout, parse error) may be transient and must be retried later.
+    Identical requests within one batch are sent once.
     Answers are keyed by the wrapped advisor's identity, so advisors never read each other's entries.
 
     :param advisor: the advisor that answers cache misses
@@ -195,11 +197,18 @@ class CachedAdvisor(Advisor):
         self.stats.cache_hits += len(requests) - len(missing)
         self.stats.cache_misses += len(missing)
         if missing:
-            fresh = self.advisor.advise([requests[i] for i in missing])
-            for i, advice in zip(missing, fresh, strict=True):
-                answers[i] = advice
-                if advice.valid:
-                    self._store(keys[i], advice)
+            # identical views in one batch (several envs at the same state) are asked once
+            first: dict[str, int] = {}
+            for i in missing:
+                first.setdefault(keys[i], i)
+            unique = list(first.values())
+            fresh = dict(zip(unique, self.advisor.advise([requests[i] for i in unique]), strict=True))
+            for i in unique:
+                if fresh[i].valid:
+                    self._store(keys[i], fresh[i])
+            for i in missing:
+                j = first[keys[i]]
+                answers[i] = fresh[j] if i == j else copy.copy(fresh[j])
         return [a for a in answers if a is not None]
 
     def _lookup(self, key: str) -> Advice | None:
