@@ -125,23 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    from sb3_vlm.experiments.plotting import plot_paired_bars
 
     labels = [f"{r['env'].removeprefix('MiniGrid-')}\n{r['mode']}" for r in rows]
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(rows)), 3.6))
-    ax.bar(x - 0.2, [r["distinct_views"] for r in rows], 0.4, label="distinct teacher views")
-    ax.bar(x + 0.2, [r["queries"] for r in rows], 0.4, label="advisor queries (cache misses sent)")
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_ylabel("count")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    pairs = [
+        ("distinct teacher views", [r["distinct_views"] for r in rows]),
+        ("advisor queries (cache misses sent)", [r["queries"] for r in rows]),
+    ]
+    plot_paired_bars(labels, pairs, path, ylabel="count")
 
 
 if __name__ == "__main__":

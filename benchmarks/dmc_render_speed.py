@@ -128,23 +128,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(results: dict[str, dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sb3_vlm.experiments.plotting import plot_paired_bars
 
     names = list(results)
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names)), 3.6))
-    ax.bar(x - 0.2, [results[n]["default_fps"] for n in names], 0.4, label="dm_control default")
-    ax.bar(x + 0.2, [results[n]["tuned_fps"] for n in names], 0.4, label="DMCPixels (tuned)")
-    ax.axhline(TARGET_FPS, color="k", ls="--", lw=1, label=f"target {TARGET_FPS:.0f} fps")
-    ax.set_xticks(x, names, rotation=30, ha="right")
-    ax.set_ylabel("frames / s (84×84)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    pairs = [
+        ("dm_control default", [results[n]["default_fps"] for n in names]),
+        ("DMCPixels (tuned)", [results[n]["tuned_fps"] for n in names]),
+    ]
+    target = (f"target {TARGET_FPS:.0f} fps", TARGET_FPS)
+    plot_paired_bars(names, pairs, path, ylabel="frames / s (84×84)", target=target, rotate=True)
 
 
 if __name__ == "__main__":

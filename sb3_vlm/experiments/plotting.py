@@ -73,3 +73,35 @@ def plot_panels(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_paired_bars(
+    labels: Sequence[str],
+    pairs: Sequence[tuple[str, Sequence[float]]],
+    path: str | os.PathLike[str],
+    ylabel: str,
+    target: tuple[str, float] | None = None,
+    rotate: bool = False,
+) -> None:
+    """Two bars per label (e.g. before / after), an optional horizontal target line, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(5.0, (2.2 if not rotate else 1.1) * len(labels)), 3.6))
+    width = 0.8 / len(pairs)
+    for k, (name, values) in enumerate(pairs):
+        ax.bar(x + (k - (len(pairs) - 1) / 2) * width, list(values), width, label=name)
+    if target is not None:
+        ax.axhline(target[1], color="k", ls="--", lw=1, label=target[0])
+    if rotate:
+        ax.set_xticks(x, list(labels), rotation=30, ha="right")
+    else:
+        ax.set_xticks(x, list(labels), fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
