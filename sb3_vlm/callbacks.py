@@ -23,15 +23,16 @@ ADVISOR_KEYS = (
     "advisor/http_errors",
     "advisor/tokens",
     "advisor/circuit_skips",
+    "advisor/budget_skips",
 )
-_EXTRA = ("tokens", "retries", "parse_failures", "circuit_skips")
+_EXTRA = ("tokens", "retries", "parse_failures", "circuit_skips", "budget_skips")
 
 
 def advisor_counters(advisor: Advisor) -> dict[str, float]:
     """
     An advisor's counters as plain numbers: its :class:`~sb3_vlm.advisors.base.AdvisorStats` plus, summed over the
     advisors it wraps (cache, noise ...), the API counters ``tokens``, ``retries``, ``parse_failures``,
-    ``circuit_skips`` and ``http_errors`` where an advisor keeps them.
+    ``circuit_skips``, ``budget_skips`` and ``http_errors`` where an advisor keeps them.
     """
     out: dict[str, float] = {k: float(v) for k, v in advisor.stats.as_dict().items()}
     out.update({k: 0.0 for k in (*_EXTRA, "http_errors")})
@@ -76,7 +77,7 @@ class AdviceMetricsCallback(BaseCallback):
     """
     Log the advisors' counters under ``advisor/*`` (TensorBoard, CSV, stdout): queries, cache hits and hit rate,
     mean latency, invalid answers, backend errors, parse failures, retries, HTTP errors, tokens and requests held
-    back by an open circuit breaker, summed over the
+    back by an open circuit breaker or a spent query budget, summed over the
     training env's advisors (a shared advisor counts once). A key some other code already logged in the current
     interval is left alone.
 
@@ -127,6 +128,7 @@ class AdviceMetricsCallback(BaseCallback):
             "advisor/http_errors": total["http_errors"],
             "advisor/tokens": total["tokens"],
             "advisor/circuit_skips": total["circuit_skips"],
+            "advisor/budget_skips": total["budget_skips"],
         }
         already = self.logger.name_to_value
         for key, value in values.items():

@@ -228,3 +228,40 @@ def test_circuit_breaker_stops_calling_a_failing_endpoint_and_retries_after_the_
         again = advisor.advise([_car(), _car()])
     assert all(a.valid for a in again) and len(server.requests) == 4  # half-open try succeeded: closed again
     assert not advisor.circuit_open and advisor.circuit_skips == 3
+
+
+def test_replicas_least_loaded_dispatch_and_a_failing_replica_is_skipped() -> None:
+    ok = Reply(body=chat_completion("action:[0.1, 0.9]"), delay=0.2)
+    down = Reply(status=500, body={"error": {"message": "down"}})
+    with LoopbackServer([ok]) as a, LoopbackServer([ok]) as b:
+        advisor = OpenAIAdvisor(
+            "m", COVR_HIGHWAY, base_url=[f"{a.url}/v1", f"{b.url}/v1"], api_key="none", concurrency=8,
+            endpoint_concurrency=4,
+        )  # fmt: skip
+        start = time.perf_counter()
+        answers = advisor.advise([_car() for _ in range(16)])
+        elapsed = time.perf_counter() - start
+    assert all(x.valid for x in answers) and len(a.requests) + len(b.requests) == 16
+    assert 6 <= len(a.requests) <= 10  # both replicas share the load
+    assert elapsed < 1.2  # 16 requests, 8 in flight (4 per replica), 0.2 s each: about 0.4 s
+    with LoopbackServer([down]) as bad, LoopbackServer([Reply(body=chat_completion("action:[0, 1]"))]) as good:
+        advisor = OpenAIAdvisor(
+            "m", COVR_HIGHWAY, base_url=[f"{bad.url}/v1", f"{good.url}/v1"], api_key="none", concurrency=1,
+            max_retries=2, max_backoff=0.01, breaker_failures=2, breaker_cooldown=60,
+        )  # fmt: skip
+        answers = advisor.advise([_car() for _ in range(10)])
+    assert all(x.valid for x in answers)  # retries went to the healthy replica
+    assert len(bad.requests) == 2 and len(good.requests) == 10  # then the failing one was skipped
+    assert advisor.identity.startswith(f"openai:{bad.url}/v1,{good.url}/v1:m:")
+
+
+def test_query_budget_and_rate_limit() -> None:
+    with LoopbackServer([Reply(body=chat_completion("action:[0.1, 0.9]"))]) as server:
+        advisor = _advisor(server, concurrency=1, max_queries=3)
+        answers = advisor.advise([_car() for _ in range(5)])
+        assert [x.valid for x in answers] == [True, True, True, False, False]
+        assert len(server.requests) == 3 and advisor.budget_skips == 2
+        limited = _advisor(server, concurrency=4, rate_limit=10.0)
+        start = time.perf_counter()
+        assert all(x.valid for x in limited.advise([_car() for _ in range(6)]))
+        assert time.perf_counter() - start >= 0.45  # six calls at 10/s: the last starts 0.5 s after the first

@@ -20,7 +20,12 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -28,6 +33,8 @@ import numpy as np
 from sb3_vlm.advice import AdviceRequest
 from sb3_vlm.advisors.prompted import Call, Distribution, Generation, PromptedAdvisor, RetryDecision
 from sb3_vlm.advisors.prompts import PromptTemplate
+
+logger = logging.getLogger(__name__)
 
 #: Gemini's OpenAI-compatible endpoint
 GEMINI_OPENAI_URL = "https://generativelanguage.googleapis.com/v1beta/openai/"
@@ -47,6 +54,22 @@ def image_data_url(image: np.ndarray, fmt: str = "png") -> str:
     return f"data:image/{fmt};base64,{base64.b64encode(encode_image(image, fmt)).decode()}"
 
 
+@dataclass
+class _Endpoint:
+    """One replica: its client, requests in flight, failures in a row and until when it is skipped."""
+
+    url: str | None
+    client: Any
+    in_flight: int = 0
+    failures: int = 0
+    open_until: float = 0.0
+    served: int = 0
+
+
+class NoEndpointAvailable(RuntimeError):
+    """Every replica is cooling down after repeated failures."""
+
+
 class OpenAIAdvisor(PromptedAdvisor):
     """
     Ask a VLM behind an OpenAI-compatible ``/chat/completions`` endpoint (see the module docstring for the
@@ -55,7 +78,11 @@ class OpenAIAdvisor(PromptedAdvisor):
 
     :param model: model name as the server knows it (``"gpt-4o-mini"``, ``"Qwen/Qwen2.5-VL-3B-Instruct"`` ...)
     :param prompt: the :class:`~sb3_vlm.advisors.prompts.PromptTemplate`
-    :param base_url: the server (None: OpenAI's); e.g. ``"http://gpu-box:8000/v1"`` for vLLM, ``GEMINI_OPENAI_URL``
+    :param base_url: the server (None: OpenAI's); e.g. ``"http://gpu-box:8000/v1"`` for vLLM, ``GEMINI_OPENAI_URL``;
+        a list of URLs of replicas serving the same model: each call goes to the replica with the fewest requests in
+        flight, a replica whose calls failed ``breaker_failures`` times in a row is skipped for ``breaker_cooldown``
+        seconds (a retry then goes to another one)
+    :param endpoint_concurrency: requests in flight per replica at most (None: no limit beyond ``concurrency``)
     :param api_key: the key; None reads ``api_key_env`` (local servers need none)
     :param api_key_env: environment variable holding the key
     :param detail: image detail (``"low"``, ``"high"``, ``"auto"``)
@@ -70,7 +97,7 @@ class OpenAIAdvisor(PromptedAdvisor):
         self,
         model: str,
         prompt: PromptTemplate,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         api_key: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         detail: Literal["low", "high", "auto"] = "auto",
@@ -78,6 +105,7 @@ class OpenAIAdvisor(PromptedAdvisor):
         structured: bool = False,
         timeout: float = 30.0,
         image_format: str = "png",
+        endpoint_concurrency: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(prompt, distribution=distribution, structured=structured, **kwargs)
@@ -85,14 +113,31 @@ class OpenAIAdvisor(PromptedAdvisor):
             import openai
         except ImportError as exc:
             raise ImportError("OpenAIAdvisor needs the 'api' extra: pip install 'sb3-vlm[api]'") from exc
-        self.model, self.base_url, self.detail = model, base_url, detail
+        urls = [base_url] if base_url is None or isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("base_url must be a URL, a non-empty list of URLs, or None")
+        if endpoint_concurrency is not None and endpoint_concurrency < 1:
+            raise ValueError(f"endpoint_concurrency must be >= 1, got {endpoint_concurrency}")
+        self.model, self.detail = model, detail
+        self.base_url = urls[0] if len(urls) == 1 else ",".join(str(u) for u in urls)
         self.timeout, self.image_format = timeout, image_format
         key = api_key if api_key is not None else os.environ.get(api_key_env)
         if key is None and base_url is None:
             raise ValueError(f"No API key: pass api_key=... or set {api_key_env}")
         # retries are PromptedAdvisor's (max_retries=0 here) so every retry and failure is counted
-        self._client = openai.OpenAI(api_key=key or "none", base_url=base_url, timeout=timeout, max_retries=0)
+        self.endpoints = [
+            _Endpoint(url, openai.OpenAI(api_key=key or "none", base_url=url, timeout=timeout, max_retries=0))
+            for url in urls
+        ]
+        self.endpoint_concurrency = endpoint_concurrency
+        self._dispatch = threading.Condition()
+        self._turn = 0
         self._openai = openai
+
+    @property
+    def client(self) -> Any:
+        """The ``openai`` client of the first endpoint (file uploads and fine-tuning jobs go there)."""
+        return self.endpoints[0].client
 
     @property
     def identity(self) -> str:
@@ -128,6 +173,42 @@ class OpenAIAdvisor(PromptedAdvisor):
         messages.append({"role": "user", "content": content})
         return messages
 
+    def _acquire(self) -> _Endpoint:
+        """The least-loaded replica that is not cooling down and has room (waits for room)."""
+        with self._dispatch:
+            while True:
+                now = time.monotonic()
+                healthy = [e for e in self.endpoints if now >= e.open_until]
+                if not healthy:
+                    raise NoEndpointAvailable(f"all {len(self.endpoints)} endpoints are cooling down after failures")
+                limit = self.endpoint_concurrency
+                free = [e for e in healthy if limit is None or e.in_flight < limit]
+                if free:
+                    self._turn += 1  # ties go round-robin
+                    n = len(self.endpoints)
+                    chosen = min(free, key=lambda e: (e.in_flight, (self.endpoints.index(e) - self._turn) % n))
+                    chosen.in_flight += 1
+                    chosen.served += 1
+                    return chosen
+                self._dispatch.wait(timeout=0.05)
+
+    def _release(self, endpoint: _Endpoint, ok: bool) -> None:
+        with self._dispatch:
+            endpoint.in_flight -= 1
+            endpoint.failures = 0 if ok else endpoint.failures + 1
+            # one replica: the advisor's own breaker decides (after retries); several: skip the failing one
+            if (
+                not ok
+                and len(self.endpoints) > 1
+                and self.breaker_failures
+                and endpoint.failures >= self.breaker_failures
+            ):
+                endpoint.open_until = time.monotonic() + self.breaker_cooldown
+                endpoint.failures = 0
+                logger.warning("%s: endpoint %s failed %d times in a row; skipped for %.0f s", self.model, endpoint.url,
+                               self.breaker_failures, self.breaker_cooldown)  # fmt: skip
+            self._dispatch.notify_all()
+
     def _generate(self, request: AdviceRequest, call: Call) -> Generation:
         messages = self.messages(request, call.system, call.user)
         kwargs: dict[str, Any] = dict(messages=messages, max_tokens=call.max_tokens, temperature=call.temperature)
@@ -140,7 +221,13 @@ class OpenAIAdvisor(PromptedAdvisor):
                 "type": "json_schema",
                 "json_schema": {"name": "advice", "schema": call.schema},
             }
-        response = self._client.chat.completions.create(model=self.model, **kwargs)
+        endpoint = self._acquire()
+        try:
+            response = endpoint.client.chat.completions.create(model=self.model, **kwargs)
+        except Exception:
+            self._release(endpoint, ok=False)
+            raise
+        self._release(endpoint, ok=True)
         usage = getattr(response, "usage", None)
         texts = [c.message.content or "" for c in response.choices]
         top = _top_logprobs(response.choices[0]) if call.logprobs and response.choices else None

@@ -103,6 +103,10 @@ class PromptedAdvisor(Advisor):
         ``circuit_skips``) and training goes on unguided; the first request after the pause tries again (one more
         failure re-opens the circuit, a success closes it). 0 disables the breaker
     :param breaker_cooldown: seconds the circuit stays open
+    :param max_queries: a budget of backend requests for the advisor's life; once spent, requests get invalid advice
+        at once (counted in ``budget_skips``, logged once). None: no budget
+    :param rate_limit: at most this many backend calls per second (retries included), across all threads; callers
+        wait for their turn. None: no limit
     """
 
     def __init__(
@@ -118,6 +122,8 @@ class PromptedAdvisor(Advisor):
         structured: bool = False,
         breaker_failures: int = 5,
         breaker_cooldown: float = 60.0,
+        max_queries: int | None = None,
+        rate_limit: float | None = None,
     ):
         super().__init__()
         if distribution not in ("auto", "logprobs", "samples", "written"):
@@ -141,6 +147,12 @@ class PromptedAdvisor(Advisor):
         self.circuit_skips = 0
         self._failures_in_a_row = 0
         self._open_until = 0.0
+        if (max_queries is not None and max_queries < 0) or (rate_limit is not None and rate_limit <= 0):
+            raise ValueError("max_queries must be >= 0 and rate_limit > 0 (or None)")
+        self.max_queries, self.rate_limit = max_queries, rate_limit
+        self.budget_skips = 0
+        self._sent = 0  # requests admitted against the budget
+        self._next_call = 0.0  # monotonic time of the next call the rate limit allows
 
     # ------------------------------------------------------------------ backend interface
 
@@ -184,9 +196,25 @@ class PromptedAdvisor(Advisor):
                 time.sleep(min(wait, self.max_backoff))
         raise AssertionError("unreachable")
 
+    def _throttle(self) -> None:
+        """Wait for this call's slot under ``rate_limit`` (slots are handed out in order, one per 1/rate s)."""
+        if self.rate_limit is None:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next_call)
+            self._next_call = slot + 1.0 / self.rate_limit
+        if slot > now:
+            time.sleep(slot - now)
+
     def _call(self, request: AdviceRequest, system: str, user: str, **settings: Any) -> Generation:
         call = Call(system, user, **settings)
-        generation = self._with_retries(lambda: self._generate(request, call))
+
+        def attempt() -> Generation:
+            self._throttle()
+            return self._generate(request, call)
+
+        generation = self._with_retries(attempt)
         with self._lock:
             self.tokens += generation.tokens
         return generation
@@ -291,11 +319,25 @@ class PromptedAdvisor(Advisor):
         """Whether the breaker is holding requests back now (see ``breaker_failures``)."""
         return time.monotonic() < self._open_until
 
+    def _admit(self) -> bool:
+        """Take one request from the budget (False once it is spent)."""
+        with self._lock:
+            if self.max_queries is not None and self._sent >= self.max_queries:
+                self.budget_skips += 1
+                if self.budget_skips == 1:
+                    logger.warning("%s: query budget of %d spent; training continues unguided", self.identity,
+                                   self.max_queries)  # fmt: skip
+                return False
+            self._sent += 1
+            return True
+
     def _answer_one(self, request: AdviceRequest) -> Advice:
         if self.circuit_open:
             with self._lock:
                 self.circuit_skips += 1
             return Advice.invalid(source=self.identity, raw="circuit open: the backend keeps failing")
+        if not self._admit():
+            return Advice.invalid(source=self.identity, raw="query budget spent")
         try:
             advice = self.answer(request)
         except Exception as exc:  # one failed request must not fail its whole batch

@@ -87,7 +87,7 @@ class OpenAIFineTuneBackend:
         self.weighting, self.max_copies, self.min_weight = weighting, max_copies, min_weight
         self.hyperparameters, self.suffix = hyperparameters, suffix
         self.poll_interval, self.deadline = poll_interval, deadline
-        self.client = client if client is not None else advisor._client
+        self.client = client if client is not None else advisor.client
         self.jobs: list[dict[str, Any]] = []
 
     def training_lines(self, examples: list[Example]) -> list[dict[str, Any]]:
