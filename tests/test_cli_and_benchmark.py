@@ -101,7 +101,8 @@ def test_paper_protocol_configs_are_valid() -> None:
     import inspect
 
     from sb3_vlm.envs import names
-    from sb3_vlm.experiments.protocol import _algo_class, finetune_kwargs, load_config
+    from sb3_vlm.experiments.protocol import finetune_kwargs, load_config
+    from sb3_vlm.experiments.runs import algo_class as _algo_class
     from sb3_vlm.finetune import LoraSettings, VLMFineTuneCallback
 
     configs = sorted((ROOT / "benchmarks" / "configs").glob("*.yml"))

@@ -61,39 +61,20 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _algo_class(name: str) -> Any:
-    if name == "guided_sac":
-        from sb3_vlm.sac import GuidedSAC
-
-        return GuidedSAC
-    if name == "guided_ppo":
-        from sb3_vlm.ppo import GuidedPPO
-
-        return GuidedPPO
-    from sb3_vlm.a2c import GuidedA2C
-
-    return GuidedA2C
-
-
 def run_one(config: dict[str, Any], env_name: str, seed: int, log_dir: Path | None = None) -> dict[str, Any]:
     """Train and evaluate one (env, seed) of ``config``; returns the result row (JSON-serialisable)."""
     from stable_baselines3.common.callbacks import CallbackList, EvalCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    from sb3_vlm.advisors.factory import advisor_from_spec
     from sb3_vlm.envs import make
+    from sb3_vlm.experiments.runs import algo_class, teacher_for
     from sb3_vlm.wrappers import VecVLMAdviceWrapper
 
     per_env = config.get("per_env", {}).get(env_name, {})
     env_kwargs = {**config.get("env_kwargs", {}), **per_env.get("env_kwargs", {})}
     algo_kwargs = {**config.get("algo_kwargs", {}), **per_env.get("algo_kwargs", {})}
-    bundle = make(env_name, **env_kwargs)
-    prompt, oracle = bundle.prompt, bundle.advisor
-    bundle.env.close()
-    advisor = advisor_from_spec(
-        config.get("advisor", "oracle"), prompt, oracle=oracle, **config.get("advisor_kwargs", {})
-    )
+    advisor = teacher_for(env_name, config.get("advisor", "oracle"), env_kwargs, **config.get("advisor_kwargs", {}))
 
     def make_plain() -> Any:
         return make(env_name, **env_kwargs).env
@@ -103,7 +84,7 @@ def run_one(config: dict[str, Any], env_name: str, seed: int, log_dir: Path | No
         make_vec_env(make_plain, n_envs=n_envs, seed=seed), advisor, query_every=int(config.get("query_every", 1))
     )
     eval_env = make_vec_env(make_plain, n_envs=1, seed=10_000 + seed)  # the student alone: no VLM at test time
-    algo_cls = _algo_class(config["algo"])
+    algo_cls = algo_class(config["algo"])
     critic_steps = int(config.get("advice_critic_steps", 0))
     if critic_steps > 0:
         import inspect

@@ -74,6 +74,26 @@ def make_env_bundle(env_name: str, **overrides: Any) -> Any:
     return EnvBundle(env=env, prompt=prompt, advisor=advisor, name=env_name)  # type: ignore[arg-type]
 
 
+def teacher_for(env_name: str, spec: str, env_kwargs: dict[str, Any] | None = None, **advisor_kwargs: Any) -> Any:
+    """
+    The advisor ``spec`` names for ``env_name``: ``oracle`` is the env's scripted expert, VLM specs get the env's
+    default prompt. Suite names need no env for that; a plain Gymnasium id is made (and closed) once to find its
+    teacher view.
+    """
+    from sb3_vlm.advisors.factory import advisor_from_spec
+    from sb3_vlm.advisors.prompts import CONTINUOUS_CONTROL
+    from sb3_vlm.envs.registry import teacher_defaults
+
+    prompt: Any
+    try:
+        prompt, oracle = teacher_defaults(env_name)
+    except ValueError:
+        bundle = make_env_bundle(env_name, **(env_kwargs or {}))
+        prompt, oracle = bundle.prompt, bundle.advisor
+        bundle.env.close()
+    return advisor_from_spec(spec, prompt or CONTINUOUS_CONTROL, oracle=oracle, **advisor_kwargs)
+
+
 def train(
     env_name: str,
     algo: str = "guided_ppo",
@@ -102,7 +122,6 @@ def train(
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.logger import configure
 
-    from sb3_vlm.advisors.factory import advisor_from_spec
     from sb3_vlm.callbacks import AdviceMetricsCallback
     from sb3_vlm.wrappers import VecVLMAdviceWrapper
 
@@ -124,17 +143,13 @@ def train(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     env_kwargs = dict(env_kwargs or {})
-    bundle = make_env_bundle(env_name, **env_kwargs)
-    prompt, oracle, observation_space = bundle.prompt, bundle.advisor, bundle.env.observation_space
-    bundle.env.close()
     venv: Any = make_vec_env(
         lambda: make_env_bundle(env_name, **env_kwargs).env, n_envs=n, seed=seed, monitor_dir=str(out / "monitor")
     )
+    observation_space = venv.observation_space
     teacher = None
     if guided:
-        from sb3_vlm.advisors.prompts import CONTINUOUS_CONTROL
-
-        teacher = advisor_from_spec(spec, prompt or CONTINUOUS_CONTROL, oracle=oracle)
+        teacher = teacher_for(env_name, spec, env_kwargs)
         venv = VecVLMAdviceWrapper(venv, teacher, query_every=every, cache=cache)
     policy = defaults.get("policy") or (
         "CnnPolicy" if len(getattr(observation_space, "shape", ()) or ()) == 3 else "MlpPolicy"
