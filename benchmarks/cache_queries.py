@@ -51,6 +51,9 @@ class Recorder(Advisor):
         return self._advise(requests)
 
 
+MODES = ("VecVLMAdviceWrapper", "per-env wrappers")
+
+
 def run(env_id: str, mode: str, steps: int, seed: int, cache_path: Path) -> dict[str, Any]:
     from stable_baselines3.common.env_util import make_vec_env
 
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/cache_queries")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for env_id in args.envs:
-            for mode in ("VecVLMAdviceWrapper", "per-env wrappers"):
+            for mode in args.modes:
                 cache = Path(tmp) / f"{env_id}-{mode.replace(' ', '_')}.sqlite"  # a fresh cache per run
                 rows.append(run(env_id, mode, args.steps, args.seed, cache))
                 print(rows[-1], flush=True)

@@ -4,10 +4,11 @@ import importlib
 from typing import Any
 
 from sb3_vlm.a2c import GuidedA2C
-from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest
+from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest, PendingAdvice
 from sb3_vlm.advisors import (
     AdviceCache,
     Advisor,
+    BackgroundAdvisor,
     CachedAdvisor,
     CallableAdvisor,
     ConstantAdvisor,
@@ -45,6 +46,7 @@ __all__ = [
     "AdvisedReplayBuffer",
     "AdvisedRolloutBuffer",
     "Advisor",
+    "BackgroundAdvisor",
     "CachedAdvisor",
     "CallableAdvisor",
     "ConstantAdvisor",
@@ -58,6 +60,7 @@ __all__ = [
     "MiniGridOracle",
     "NearestNeighbourAdvisor",
     "NoisyAdvisor",
+    "PendingAdvice",
     "PendulumSwingUpOracle",
     "RandomAdvisor",
     "RandomAlternatingExploration",

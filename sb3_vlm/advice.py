@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,48 @@ class Advice:
             latency=float(data.get("latency", 0.0)),
             raw=str(data.get("raw", "")),
         )
+
+
+class PendingAdvice(Advice):
+    """
+    Advice asked for in the background and not answered yet (see :class:`~sb3_vlm.advisors.background.
+    BackgroundAdvisor`). It reads as invalid advice, so any consumer that does not know about it masks the row; the
+    advised buffers keep the handle and fill the row in when :meth:`result` is ready.
+
+    Copies share the answer (SB3's ``DummyVecEnv`` deep-copies infos). Pickling, i.e. crossing a process boundary
+    (a non-blocking ``VLMAdviceWrapper`` inside a ``SubprocVecEnv`` worker sending its step), waits for the answer
+    and sends the answer itself: the worker then waits at the end of its step, as a blocking wrapper would, but its
+    request was already in flight while the env stepped. To overlap the answers with the *agent's* steps, put a
+    ``VecVLMAdviceWrapper`` around the ``SubprocVecEnv``: it asks from the main process.
+    """
+
+    def __init__(self, future: Future[Advice]):
+        super().__init__(valid=False, source="pending")
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self, timeout: float | None = None) -> Advice:
+        """The answer; waits up to ``timeout`` seconds (None: as long as it takes), else raises ``TimeoutError``."""
+        return self.future.result(timeout)
+
+    def __copy__(self) -> PendingAdvice:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PendingAdvice:
+        return self
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        # the future cannot cross a process boundary; the answer can (the background advisor always resolves it)
+        return Advice.from_dict, (self.result().to_dict(),)
+
+
+def pending_in_infos(
+    infos: list[dict[str, Any]] | tuple[dict[str, Any], ...], key: str = ADVICE_INFO_KEY
+) -> list[tuple[int, PendingAdvice]]:
+    """``(env index, handle)`` of the infos whose advice is still pending (non-blocking advice)."""
+    return [(i, info[key]) for i, info in enumerate(infos) if isinstance(info.get(key), PendingAdvice)]
 
 
 def advice_target_dim(action_space: spaces.Space) -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import NamedTuple
+from collections.abc import Generator, Sequence
+from concurrent.futures import wait
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch as th
@@ -12,7 +13,15 @@ from stable_baselines3.common.buffers import DictReplayBuffer, DictRolloutBuffer
 from stable_baselines3.common.type_aliases import TensorDict
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_vlm.advice import ADVICE_INFO_KEY, advice_batch_from_infos, advice_target_dim
+from sb3_vlm.advice import (
+    ADVICE_INFO_KEY,
+    Advice,
+    PendingAdvice,
+    advice_batch_from_infos,
+    advice_target_dim,
+    advice_to_target,
+    pending_in_infos,
+)
 
 
 class AdvisedRolloutBufferSamples(NamedTuple):
@@ -38,7 +47,13 @@ class AdvisedDictRolloutBufferSamples(NamedTuple):
 
 
 class _AdviceStorage:
-    """Advice columns shared by the advised rollout buffers (a mixin over SB3's RolloutBuffer / DictRolloutBuffer)."""
+    """
+    Advice columns shared by the advised rollout buffers (a mixin over SB3's RolloutBuffer / DictRolloutBuffer).
+
+    Non-blocking advice: a row whose answer is still pending is stored masked; :meth:`wait_for_advice` (called by
+    the guided algorithms once the rollout is collected) waits for the missing answers until a deadline and fills
+    in those that arrive; the others stay masked.
+    """
 
     buffer_size: int
     n_envs: int
@@ -52,11 +67,44 @@ class _AdviceStorage:
         dim = advice_target_dim(self.action_space)
         self.advice_targets = np.zeros((self.buffer_size, self.n_envs, dim), dtype=np.float32)
         self.advice_valid = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+        self._pending: list[tuple[int, int, PendingAdvice]] = []
 
-    def add_advice(self, targets: np.ndarray, valid: np.ndarray) -> None:
-        """Store the advice of the row about to be written by ``add()`` (call it first: ``add()`` moves ``pos``)."""
+    def add_advice(
+        self, targets: np.ndarray, valid: np.ndarray, pending: Sequence[tuple[int, PendingAdvice]] = ()
+    ) -> None:
+        """
+        Store the advice of the row about to be written by ``add()`` (call it first: ``add()`` moves ``pos``).
+
+        :param pending: ``(env index, handle)`` of the envs whose advice is still being answered (their ``valid`` is
+            0 until :meth:`wait_for_advice` fills them in)
+        """
         self.advice_targets[self.pos] = targets.reshape(self.n_envs, -1)
         self.advice_valid[self.pos] = valid.reshape(self.n_envs)
+        for env, handle in pending:
+            if handle.done():
+                self._fill_advice(self.pos, env, handle.result())
+            else:
+                self._pending.append((self.pos, env, handle))
+
+    def _fill_advice(self, pos: int, env: int, advice: Advice) -> None:
+        self.advice_targets[pos, env], valid = advice_to_target(advice, self.action_space)
+        self.advice_valid[pos, env] = float(valid)
+
+    def wait_for_advice(self, timeout: float) -> tuple[int, int]:
+        """
+        Wait at most ``timeout`` seconds for the rollout's pending answers and fill in the rows of those that arrive
+        (call before ``get()``); the rest stay masked.
+
+        :return: (answers that arrived, answers that missed the deadline)
+        """
+        if self._pending:
+            wait([handle.future for *_, handle in self._pending], timeout=max(0.0, timeout))
+        arrived = [(pos, env, handle) for pos, env, handle in self._pending if handle.done()]
+        for pos, env, handle in arrived:
+            self._fill_advice(pos, env, handle.result())
+        missed = len(self._pending) - len(arrived)
+        self._pending = []
+        return len(arrived), missed
 
     def _flatten_advice(self) -> None:
         # same (step, env) -> row layout as SB3's swap_and_flatten, done once per rollout
@@ -136,7 +184,17 @@ class _ReplayAdviceStorage:
     (the info of the step that *left* ``obs``, so it holds the advice for ``obs``: DESIGN.md's time alignment), scales
     Box actions to [-1, 1] the way SB3 scales buffer actions, and never keeps the ``Advice`` objects themselves: only
     two numeric arrays are stored, so pickling the buffer (``save_replay_buffer``) never pickles an advisor or a key.
+
+    Non-blocking advice: a transition whose answer is still pending is stored masked and filled in by
+    :meth:`resolve_pending` (GuidedSAC calls it before every training phase) once the answer has arrived, unless the
+    row has been overwritten meanwhile (the buffer wrapped around: counted in ``advice_expired``). Pending handles are
+    not pickled: a saved buffer holds the rows answered so far.
     """
+
+    _pending: list[tuple[int, int, int, PendingAdvice]]
+    _n_added: int = 0  # add() calls in this process: tells whether a pending row has been overwritten
+    advice_answered_late: int = 0  # pending rows filled in after they were stored
+    advice_expired: int = 0  # pending rows overwritten before their answer arrived
 
     buffer_size: int
     n_envs: int
@@ -160,6 +218,7 @@ class _ReplayAdviceStorage:
         dim = advice_target_dim(self.action_space)
         self.advice_actions = np.zeros((self.buffer_size, self.n_envs, dim), dtype=np.float32)
         self.advice_valid = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+        self._pending = []
 
     def scale_advice(self, targets: np.ndarray) -> np.ndarray:
         """Env-unit advised actions (already clipped to the bounds) to SB3's buffer scale [-1, 1]."""
@@ -172,6 +231,47 @@ class _ReplayAdviceStorage:
         # invalid rows hold zeros in env units; store a neutral 0 in scaled units instead
         self.advice_actions[self.pos] = np.where(valid[:, None] > 0, self.scale_advice(targets), 0.0)
         self.advice_valid[self.pos] = valid
+        for env, handle in pending_in_infos(infos, self.advice_key):
+            if handle.done():
+                self._fill_advice(self.pos, env, handle.result())
+            else:
+                self._pending.append((self.pos, env, self._n_added, handle))
+        self._n_added += 1
+
+    def _fill_advice(self, pos: int, env: int, advice: Advice) -> None:
+        target, valid = advice_to_target(advice, self.action_space)
+        self.advice_actions[pos, env] = self.scale_advice(target) if valid else 0.0
+        self.advice_valid[pos, env] = float(valid)
+
+    @property
+    def n_pending(self) -> int:
+        """Stored transitions whose (non-blocking) advice has not arrived yet."""
+        return len(self._pending)
+
+    def resolve_pending(self) -> int:
+        """Fill in the rows whose pending advice has arrived; returns how many were filled."""
+        still: list[tuple[int, int, int, PendingAdvice]] = []
+        filled = 0
+        for pos, env, added, handle in self._pending:
+            if self._n_added - added > self.buffer_size:  # the row now holds a newer transition
+                self.advice_expired += 1
+            elif handle.done():
+                self._fill_advice(pos, env, handle.result())
+                filled += 1
+            else:
+                still.append((pos, env, added, handle))
+        self._pending = still
+        self.advice_answered_late += filled
+        return filled
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pending"] = []  # futures live in this process only; their rows stay masked in the copy
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_pending", [])  # buffers saved before non-blocking advice existed
 
     def sample_advised(
         self, batch_size: int, env: VecNormalize | None = None

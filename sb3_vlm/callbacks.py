@@ -8,6 +8,7 @@ from typing import Any
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
+from sb3_vlm.advisors.background import BACKGROUND_COUNTERS
 from sb3_vlm.advisors.base import Advisor
 
 #: the logger keys of :class:`AdviceMetricsCallback`
@@ -24,6 +25,9 @@ ADVISOR_KEYS = (
     "advisor/tokens",
     "advisor/circuit_skips",
     "advisor/budget_skips",
+    "advisor/pending",
+    "advisor/deduplicated",
+    "advisor/overflow",
 )
 _EXTRA = ("tokens", "retries", "parse_failures", "circuit_skips", "budget_skips")
 
@@ -76,8 +80,10 @@ def collect_advice_counters(env: VecEnv) -> dict[str, dict[str, float]]:
 class AdviceMetricsCallback(BaseCallback):
     """
     Log the advisors' counters under ``advisor/*`` (TensorBoard, CSV, stdout): queries, cache hits and hit rate,
-    mean latency, invalid answers, backend errors, parse failures, retries, HTTP errors, tokens and requests held
-    back by an open circuit breaker or a spent query budget, summed over the
+    mean latency, invalid answers, backend errors, parse failures, retries, HTTP errors, tokens, requests held
+    back by an open circuit breaker or a spent query budget and, with non-blocking advice, requests still being
+    answered (``pending``), identical requests in flight sent once (``deduplicated``) and requests refused by a
+    full queue (``overflow``), summed over the
     training env's advisors (a shared advisor counts once). A key some other code already logged in the current
     interval is left alone.
 
@@ -129,6 +135,7 @@ class AdviceMetricsCallback(BaseCallback):
             "advisor/tokens": total["tokens"],
             "advisor/circuit_skips": total["circuit_skips"],
             "advisor/budget_skips": total["budget_skips"],
+            **{f"advisor/{key}": total.get(key, 0.0) for key in BACKGROUND_COUNTERS},
         }
         already = self.logger.name_to_value
         for key, value in values.items():

@@ -137,6 +137,9 @@ class VLMCheckpointCallback(BaseCallback):
         try:
             model.save(tmp / "model.zip")
             if self.save_replay_buffer and isinstance(model, OffPolicyAlgorithm) and model.replay_buffer is not None:
+                resolve = getattr(model.replay_buffer, "resolve_pending", None)
+                if callable(resolve):
+                    resolve()  # non-blocking answers that have arrived go into the saved copy
                 model.save_replay_buffer(tmp / "replay_buffer.pkl")
             env = model.get_env()
             state = {

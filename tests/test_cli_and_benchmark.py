@@ -69,6 +69,18 @@ def test_advisor_throughput_quick_smoke(tmp_path: Path) -> None:
     assert set(result["hf"]) == {"label scoring", "generation"}
 
 
+def test_async_advice_quick_smoke(tmp_path: Path) -> None:
+    _run_benchmark("async_advice", "--quick", out=tmp_path)
+    result = json.loads((tmp_path / "async_advice.json").read_text())
+    modes = {(r["algo"], r["mode"]) for r in result["rows"]}
+    assert modes == {(a, m) for a in ("GuidedSAC", "GuidedPPO") for m in ("instant", "non-blocking")}
+    for row in result["rows"]:
+        assert row["wall_s"] > 0 and 0 < row["advised_rows"] <= row["rows"]
+    slow = [r for r in result["rows"] if r["mode"] == "non-blocking"]
+    assert all(r["queries"] > 0 for r in slow)  # the loopback VLM was really asked
+    assert (tmp_path / "async_advice.png").stat().st_size > 5_000
+
+
 def test_covr_loop_quick_smoke(tmp_path: Path) -> None:
     _run_benchmark("covr_loop", "--quick", out=tmp_path)
     rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 
 import numpy as np
+import pytest
 
 from sb3_vlm import VLMAdviceWrapper
 from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
@@ -29,7 +30,8 @@ FAULTS = [
 ]
 
 
-def test_training_survives_every_fault_and_counts_them() -> None:
+@pytest.mark.parametrize("non_blocking", [False, True])
+def test_training_survives_every_fault_and_counts_them(non_blocking: bool) -> None:
     served: list[str] = []
 
     def responder(path: str, body: dict) -> Reply:
@@ -42,10 +44,15 @@ def test_training_survives_every_fault_and_counts_them() -> None:
             "m", PENDULUM_PROMPT, base_url=f"{server.url}/v1", api_key="none", timeout=0.3, max_retries=0,
             breaker_failures=0,
         )  # fmt: skip
-        env = VLMAdviceWrapper(make_pendulum_env(), advisor)
+        env = VLMAdviceWrapper(make_pendulum_env(), advisor, non_blocking=non_blocking)
         model = GuidedSAC("MlpPolicy", env, method="dpl", learning_starts=16, batch_size=8, buffer_size=200, seed=0)
         metrics = AdviceMetricsCallback()
         model.learn(48, callback=metrics)  # every step asks; 48 steps + the reset's request
+        if non_blocking:  # learn() returns with requests still in flight: let them land, then count
+            assert env.background is not None and env.background.drain(10)
+            model.replay_buffer.resolve_pending()
+            metrics.record()
+        last = env.current_advice  # the 49th request's answer: the final observation, never stored
     assert model.num_timesteps == 48
     count = {name: served.count(name) for name, _ in FAULTS}
     assert len(served) == advisor.stats.queries == 49 and min(count.values()) >= 6
@@ -59,13 +66,15 @@ def test_training_survives_every_fault_and_counts_them() -> None:
     assert advisor.parse_failures == count["empty"] + count["nan"] + count["wrong_shape"]
     assert advisor.stats.invalid == len(served) - count["ok"]
     stored = model.replay_buffer.advice_valid[:48, 0]
-    assert stored.sum() == sum(1 for name in served[:48] if name == "ok")  # only usable answers became advice
+    assert last is not None
+    assert stored.sum() + last.valid == count["ok"]  # only usable answers became advice
     assert np.all(np.isfinite(model.replay_buffer.advice_actions[:48]))
     assert metrics.latest["advisor/parse_failures"] == advisor.parse_failures
     assert metrics.latest["advisor/errors"] == failed
 
 
-def test_connection_refused_is_counted_and_training_goes_on() -> None:
+@pytest.mark.parametrize("non_blocking", [False, True])
+def test_connection_refused_is_counted_and_training_goes_on(non_blocking: bool) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -73,9 +82,18 @@ def test_connection_refused_is_counted_and_training_goes_on() -> None:
         "m", PENDULUM_PROMPT, base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=1.0, max_retries=1,
         max_backoff=0.01, breaker_failures=3, breaker_cooldown=3600,
     )  # fmt: skip
-    model = GuidedSAC("MlpPolicy", VLMAdviceWrapper(make_pendulum_env(), advisor), method="dpl", learning_starts=8,
-                      batch_size=8, buffer_size=100, seed=0)  # fmt: skip
+    env = VLMAdviceWrapper(make_pendulum_env(), advisor, non_blocking=non_blocking)
+    model = GuidedSAC("MlpPolicy", env, method="dpl", learning_starts=8, batch_size=8, buffer_size=100, seed=0)
     model.learn(20)
+    if env.background is not None:
+        assert env.background.drain(10)
+        model.replay_buffer.resolve_pending()
     assert model.num_timesteps == 20 and model.replay_buffer.advice_valid[:20].sum() == 0
-    assert advisor.http_errors["APIConnectionError"] == 6  # 3 requests x (1 try + 1 retry), then the breaker opened
-    assert advisor.stats.errors == 3 and advisor.circuit_skips == 21 - 3
+    tried = advisor.stats.errors  # requests that reached the (absent) server, each with 1 try + 1 retry
+    assert advisor.http_errors["APIConnectionError"] == 2 * tried
+    assert advisor.circuit_skips == 21 - tried  # every other request was held back by the open breaker
+    if non_blocking:
+        # requests already in flight on the advisor's 8 threads when the third failure opened the breaker still ran
+        assert 3 <= tried <= 3 + advisor.concurrency - 1
+    else:
+        assert tried == 3  # one at a time: the breaker opened after exactly three

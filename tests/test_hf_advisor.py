@@ -115,3 +115,21 @@ def test_two_stage_prompt_describes_then_scores(checkpoint: Path, monkeypatch) -
     advice = advisor.advise(_requests(2))
     assert all(a.valid for a in advice)
     assert seen and seen[0] is not None and len(seen[0]) == 2  # first-stage texts reached the scoring pass
+
+
+def test_background_requests_wait_while_the_model_is_being_fine_tuned(checkpoint: Path) -> None:
+    # LoraBackend holds model_lock for a whole round: background advice must not run on a half-trained model
+    import time
+
+    from sb3_vlm.advice import PendingAdvice
+    from sb3_vlm.advisors.background import BackgroundAdvisor
+
+    advisor = HFAdvisor(str(checkpoint), MINIGRID_PROMPT, model_kwargs=dict(local_files_only=True))
+    service = BackgroundAdvisor(advisor)
+    assert service.workers == 1 and service.max_batch == advisor.batch_size  # one forward batch at a time
+    with advisor.model_lock:
+        pending = service.submit(_requests(2))
+        time.sleep(0.3)
+        assert all(isinstance(p, PendingAdvice) and not p.done() for p in pending)
+    answers = [p.result(60) for p in pending]  # type: ignore[union-attr]
+    assert all(a.valid and a.probs is not None for a in answers)

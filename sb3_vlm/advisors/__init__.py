@@ -1,3 +1,4 @@
+from sb3_vlm.advisors.background import BackgroundAdvisor
 from sb3_vlm.advisors.base import Advisor, AdvisorStats
 from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
 from sb3_vlm.advisors.scripted import CallableAdvisor, ConstantAdvisor, NoisyAdvisor, RandomAdvisor
@@ -7,6 +8,7 @@ __all__ = [
     "AdviceCache",
     "Advisor",
     "AdvisorStats",
+    "BackgroundAdvisor",
     "CachedAdvisor",
     "CallableAdvisor",
     "ConstantAdvisor",

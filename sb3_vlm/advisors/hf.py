@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -147,6 +148,9 @@ class HFAdvisor(PromptedAdvisor):
         self.tokenizer.padding_side = "left"  # generation and last-position scoring need left padding
         self._label_ids: list[int] | None = None
         self._answer_prefix = ""
+        #: held while the model answers and while it is fine-tuned (COVR), so background advice never runs
+        #: generation on a model that is half-way through a LoRA round
+        self.model_lock = threading.RLock()
 
     def load_adapter(self, path: str) -> None:
         """Put a (new) LoRA adapter on the model; the adapter path is part of the cache identity."""
@@ -260,10 +264,20 @@ class HFAdvisor(PromptedAdvisor):
     def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
         answers: list[Advice] = []
         starts = range(0, len(requests), self.batch_size)
-        for start in self._progress(starts, len(starts), len(requests), unit="batch"):
-            chunk = list(requests[start : start + self.batch_size])
-            answers += self._advise_chunk(chunk)
+        with self.model_lock:
+            for start in self._progress(starts, len(starts), len(requests), unit="batch"):
+                chunk = list(requests[start : start + self.batch_size])
+                answers += self._advise_chunk(chunk)
         return answers
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["model_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.model_lock = threading.RLock()
 
     def _advise_chunk(self, chunk: list[AdviceRequest]) -> list[Advice]:
         descriptions = self._describe(chunk) if self.prompt.describe_first else None

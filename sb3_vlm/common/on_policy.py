@@ -16,7 +16,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_vlm.advice import advice_batch_from_infos
+from sb3_vlm.advice import advice_batch_from_infos, pending_in_infos
 from sb3_vlm.buffers import AdvisedDictRolloutBuffer, AdvisedRolloutBuffer
 from sb3_vlm.guidance.distill import advised_action_nll, kl_distill_loss, teacher_agreement, teacher_targets
 from sb3_vlm.guidance.schedules import CoefSchedule, as_coef_schedule
@@ -51,7 +51,11 @@ class GuidedOnPolicyMixin:
       action was taken on;
     - provides :meth:`_distill_loss`, LVLM2P eq. 1's ``λ · D_KL(π_T ‖ π_θ)`` over valid rows (discrete actions), or
       ``−λ · log π_θ(a_v|s)`` for Box actions;
-    - logs ``train/distill_loss``, ``train/teacher_coef``, ``train/advice_valid_frac``, ``train/teacher_agreement``.
+    - with non-blocking advice, waits once the rollout is collected (at most ``advice_wait`` seconds) for the answers
+      still missing; rows whose answer misses the deadline stay masked;
+    - logs ``train/distill_loss``, ``train/teacher_coef``, ``train/advice_valid_frac``, ``train/teacher_agreement``
+      and, with non-blocking advice, ``train/advice_late`` / ``train/advice_missed`` (answers that arrived after
+      their step / after the deadline, in the last rollout).
     """
 
     # provided by the SB3 base class
@@ -69,12 +73,20 @@ class GuidedOnPolicyMixin:
     teacher_coef: float | CoefSchedule
     teacher_target: str
     advice_key: str
+    advice_wait: float
     _n_guided_updates: int
     guidance_enabled: bool
 
-    def _init_guidance(self, teacher_coef: float | CoefSchedule, teacher_target: str, advice_key: str) -> None:
+    def _init_guidance(
+        self, teacher_coef: float | CoefSchedule, teacher_target: str, advice_key: str, advice_wait: float
+    ) -> None:
         if teacher_target not in ("soft", "hard"):
             raise ValueError(f"teacher_target must be 'soft' or 'hard', got {teacher_target!r}")
+        if not advice_wait >= 0:
+            raise ValueError(f"advice_wait must be >= 0 seconds, got {advice_wait}")
+        self.advice_wait = float(advice_wait)
+        self._advice_late = self._advice_missed = 0
+        self._warned_missed = False
         as_coef_schedule(teacher_coef)  # validate early, before any model is built
         self.teacher_coef = teacher_coef
         self.teacher_target = teacher_target
@@ -114,8 +126,9 @@ class GuidedOnPolicyMixin:
         n_rollout_steps: int,
     ) -> bool:
         """
-        Adapted from ``OnPolicyAlgorithm.collect_rollouts`` (SB3 2.x): the only addition is storing each step's
-        advice into the advised buffer (``rollout_buffer.add_advice``) just before ``rollout_buffer.add``.
+        Adapted from ``OnPolicyAlgorithm.collect_rollouts`` (SB3 2.x): the additions (marked ``sb3-vlm``) store each
+        step's advice into the advised buffer (``rollout_buffer.add_advice``) just before ``rollout_buffer.add``, and
+        wait for non-blocking answers still missing once the rollout is collected.
         """
         algo: Any = self
         assert algo._last_obs is not None, "No previous observation was provided"
@@ -182,7 +195,10 @@ class GuidedOnPolicyMixin:
 
             # sb3-vlm: info[t] carries the advice for _last_obs (the wrapper's time alignment), store it with that row
             self._seen_advice = self._seen_advice or any(self.advice_key in info for info in infos)
-            rollout_buffer.add_advice(*advice_batch_from_infos(infos, algo.action_space, self.advice_key))
+            rollout_buffer.add_advice(
+                *advice_batch_from_infos(infos, algo.action_space, self.advice_key),
+                pending=pending_in_infos(infos, self.advice_key),
+            )
             rollout_buffer.add(
                 algo._last_obs,
                 actions,
@@ -193,6 +209,10 @@ class GuidedOnPolicyMixin:
             )
             algo._last_obs = new_obs
             algo._last_episode_starts = dones
+
+        # sb3-vlm: only now, and only for the answers still missing, does the rollout wait for its teacher
+        self._advice_late, self._advice_missed = rollout_buffer.wait_for_advice(self.advice_wait)
+        self._warn_if_advice_missed(rollout_buffer)
 
         with th.no_grad():
             # Compute value for the last timestep
@@ -206,6 +226,17 @@ class GuidedOnPolicyMixin:
 
         self._warn_if_no_advice()
         return True
+
+    def _warn_if_advice_missed(self, rollout_buffer: RolloutBuffer) -> None:
+        rows = rollout_buffer.buffer_size * rollout_buffer.n_envs
+        if self._advice_missed > rows // 4 and not self._warned_missed:
+            self._warned_missed = True
+            warnings.warn(
+                f"{self._advice_missed} of {rows} rows of a rollout got no advice because the answer missed "
+                f"advice_wait={self.advice_wait} s (non-blocking advice); raise advice_wait towards the VLM's latency "
+                "(see train/advice_missed)",
+                stacklevel=3,
+            )
 
     def _warn_if_no_advice(self) -> None:
         if not self._seen_advice and not self._warned_no_advice:
@@ -247,6 +278,9 @@ class GuidedOnPolicyMixin:
         self.logger.record("train/teacher_coef", coef)
         self.logger.record("train/advice_valid_frac", float(np.mean(valid)))
         self.logger.record("train/teacher_agreement", float(np.mean(agreements)) if agreements else 0.0)
+        if self._advice_late or self._advice_missed:
+            self.logger.record("train/advice_late", self._advice_late)
+            self.logger.record("train/advice_missed", self._advice_missed)
         # schedules (e.g. kickstarting's decay) count guided updates only, so a cold start does not eat into them
         self._n_guided_updates += int(self.guidance_enabled)
 

@@ -59,7 +59,8 @@ class LoraBackend:
     def finetune(self, examples: list[Example], round_dir: Path | None = None) -> FineTuneResult:
         start = time.perf_counter()
         save_to = None if round_dir is None else Path(round_dir) / "adapter"
-        out = lora_finetune(self.advisor, examples, self.settings, save_to=save_to)
+        with self.advisor.model_lock:  # background advice waits for the round instead of reading a half-trained model
+            out = lora_finetune(self.advisor, examples, self.settings, save_to=save_to)
         return FineTuneResult(
             ok=out["examples"] > 0,
             loss=out["last_epoch_loss"],

@@ -446,6 +446,8 @@ class GuidedSAC(SAC):
         ent_coef_losses, ent_coefs = [], []
         actor_losses, critic_losses = [], []
         # sb3-vlm
+        buffer = self.replay_buffer
+        buffer.resolve_pending()  # rows whose non-blocking advice has arrived since the last phase get it now
         guide = self.guidance_active
         coef = self.current_guidance_coef if guide else 0.0
         logs: dict[str, list[float]] = {}
@@ -588,6 +590,10 @@ class GuidedSAC(SAC):
             self.logger.record("train/ent_coef_loss", np.mean(ent_coef_losses))
         # sb3-vlm
         self.logger.record("train/guidance_coef", coef)
+        if buffer.n_pending or buffer.advice_answered_late:
+            self.logger.record("train/advice_pending", buffer.n_pending)
+            self.logger.record("train/advice_answered_late", buffer.advice_answered_late)
+            self.logger.record("train/advice_expired", buffer.advice_expired)
         for key, values in logs.items():
             self.logger.record(f"train/{key}", float(np.mean(values)))
 

@@ -9,7 +9,8 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest
+from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest, PendingAdvice
+from sb3_vlm.advisors.background import BackgroundAdvisor, prefers_background
 from sb3_vlm.advisors.base import Advisor, AdvisorStats
 from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
 
@@ -47,6 +48,25 @@ def resolve_advisor(advisor: Advisor, query_every: int, cache: AdviceCache | str
     return advisor if cache is None else CachedAdvisor(advisor, cache)
 
 
+def background_for(advisor: Advisor, resolved: Advisor, non_blocking: bool | None) -> BackgroundAdvisor | None:
+    """The wrappers' background queue: ``non_blocking=None`` asks VLM backends in the background and scripted
+    advisors inline (:func:`~sb3_vlm.advisors.background.prefers_background`)."""
+    if non_blocking is None:
+        non_blocking = prefers_background(advisor)
+    return BackgroundAdvisor(resolved) if non_blocking else None
+
+
+def advice_counters_with(advisor: Advisor, background: BackgroundAdvisor | None) -> tuple[str, dict[str, float]]:
+    """A wrapper's counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`, with its background queue's."""
+    from sb3_vlm.callbacks import advice_counters
+
+    key, counters = advice_counters(advisor)
+    if background is not None:
+        counters.update(background.counters())
+        key += f":{id(background)}"
+    return key, counters
+
+
 class VLMAdviceWrapper(gym.Wrapper):
     """
     Ask an advisor about the observations the agent acts on and put the answer in ``info``.
@@ -60,6 +80,13 @@ class VLMAdviceWrapper(gym.Wrapper):
     also carry the teacher view itself under ``"vlm_request"`` (for COVR's fine-tuning data, see
     :class:`~sb3_vlm.finetune.VLMFineTuneCallback`).
 
+    **Non-blocking advice**: the request is submitted when the observation is seen and answered by a background
+    :class:`~sb3_vlm.advisors.background.BackgroundAdvisor` while the env keeps stepping; an answer not ready when
+    the step returns is a :class:`~sb3_vlm.advice.PendingAdvice`, which the advised buffers store masked and fill in
+    once it arrives. Inside a ``SubprocVecEnv`` worker a pending answer cannot cross the process boundary, so the
+    worker waits for it when it sends its step; put a :class:`~sb3_vlm.wrappers.VecVLMAdviceWrapper` around the
+    ``SubprocVecEnv`` to overlap the answers with the agent's steps.
+
     :param env: the environment
     :param advisor: who answers (scripted, API or local VLM)
     :param query_every: ask on every k-th step of an episode, starting with its first observation (ERPv queries
@@ -68,6 +95,8 @@ class VLMAdviceWrapper(gym.Wrapper):
         :func:`default_teacher_view`)
     :param cache: an :class:`AdviceCache`, a path to one, or None for no cache
     :param info_key: the info key (default ``"vlm_advice"``)
+    :param non_blocking: ask in the background (see above); None (default): yes for VLM backends (API or local
+        model), no for scripted advisors, which answer in microseconds and then keep runs exactly reproducible
     """
 
     def __init__(
@@ -78,12 +107,14 @@ class VLMAdviceWrapper(gym.Wrapper):
         teacher_view: TeacherView | None = None,
         cache: AdviceCache | str | os.PathLike[str] | None = None,
         info_key: str = ADVICE_INFO_KEY,
+        non_blocking: bool | None = None,
     ):
         # Not a RecordConstructorArgs wrapper on purpose: Gymnasium deep-copies recorded arguments whenever `env.spec`
         # is read, and an advisor may hold a multi-GB model or an API client. So the env spec cannot re-create it.
         super().__init__(env)
         self.advisor: Advisor = resolve_advisor(advisor, query_every, cache)
         self.base_advisor = advisor
+        self.background = background_for(advisor, self.advisor, non_blocking)
         self.query_every = query_every
         self.teacher_view = teacher_view or default_teacher_view
         self.info_key = info_key
@@ -94,8 +125,15 @@ class VLMAdviceWrapper(gym.Wrapper):
 
     @property
     def current_advice(self) -> Advice | None:
-        """Advice for the observation the agent is about to act on (e.g. to execute the VLM's action, VBE)."""
+        """Advice for the observation the agent is about to act on (e.g. to execute the VLM's action, VBE); waits for
+        a pending answer, since the caller is about to act on it."""
+        if isinstance(self._current, PendingAdvice):
+            self._current = self._current.result()
         return self._current
+
+    @property
+    def non_blocking(self) -> bool:
+        return self.background is not None
 
     @property
     def advisor_stats(self) -> AdvisorStats:
@@ -103,9 +141,7 @@ class VLMAdviceWrapper(gym.Wrapper):
 
     def advice_counters(self) -> tuple[str, dict[str, float]]:
         """This wrapper's advisor counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`."""
-        from sb3_vlm.callbacks import advice_counters
-
-        return advice_counters(self.advisor)
+        return advice_counters_with(self.advisor, self.background)
 
     def _advice_for(self, obs: Any) -> Advice:
         self._current_request = None
@@ -116,6 +152,8 @@ class VLMAdviceWrapper(gym.Wrapper):
         if request.action_space is None:
             request.action_space = self.env.action_space
         self._current_request = request
+        if self.background is not None:
+            return self.background.submit([request])[0]
         return self.advisor.advise([request])[0]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
@@ -134,3 +172,8 @@ class VLMAdviceWrapper(gym.Wrapper):
         self._episode_step += 1
         self._current = None if (terminated or truncated) else self._advice_for(obs)
         return obs, reward, terminated, truncated, info
+
+    def close(self) -> None:
+        if self.background is not None:
+            self.background.close()
+        super().close()

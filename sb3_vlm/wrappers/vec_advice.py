@@ -13,7 +13,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest
 from sb3_vlm.advisors.base import Advisor, AdvisorStats
 from sb3_vlm.advisors.cache import AdviceCache
-from sb3_vlm.wrappers.advice import resolve_advisor
+from sb3_vlm.wrappers.advice import advice_counters_with, background_for, resolve_advisor
 
 VecTeacherView = Callable[[VecEnv, int, Any], AdviceRequest]
 
@@ -47,6 +47,9 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
     :param teacher_view: ``f(venv, index, obs) -> AdviceRequest`` (default :func:`default_vec_teacher_view`)
     :param cache: an :class:`AdviceCache`, a path, or None
     :param info_key: the info key
+    :param non_blocking: ask in the background, as :class:`~sb3_vlm.wrappers.VLMAdviceWrapper` does (None: yes
+        for VLM backends, no for scripted advisors); here the queue lives in the main process, so it works around a
+        ``SubprocVecEnv`` and identical views in flight from different envs are sent once (with a cache)
     """
 
     def __init__(
@@ -57,9 +60,11 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         teacher_view: VecTeacherView | None = None,
         cache: AdviceCache | str | os.PathLike[str] | None = None,
         info_key: str = ADVICE_INFO_KEY,
+        non_blocking: bool | None = None,
     ):
         super().__init__(venv)
         self.advisor: Advisor = resolve_advisor(advisor, query_every, cache)
+        self.background = background_for(advisor, self.advisor, non_blocking)
         self.query_every = query_every
         self.teacher_view = teacher_view or default_vec_teacher_view
         self.info_key = info_key
@@ -75,9 +80,7 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
 
     def advice_counters(self) -> tuple[str, dict[str, float]]:
         """This wrapper's advisor counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`."""
-        from sb3_vlm.callbacks import advice_counters
-
-        return advice_counters(self.advisor)
+        return advice_counters_with(self.advisor, self.background)
 
     def _refresh(self, obs: VecEnvObs, indices: list[int]) -> None:
         """New advice for the envs in ``indices`` (those due a query), one advise() call."""
@@ -98,7 +101,8 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
             self.current_requests[i] = request
             requests.append(request)
         self.n_batches += 1
-        for i, advice in zip(due, self.advisor.advise(requests), strict=True):
+        answers = self.advisor.advise(requests) if self.background is None else self.background.submit(requests)
+        for i, advice in zip(due, answers, strict=True):
             self.current[i] = advice
 
     def reset(self) -> VecEnvObs:
@@ -117,3 +121,8 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         self.episode_steps[dones] = 0  # auto-reset: obs[i] is the next episode's first observation
         self._refresh(obs, list(range(self.num_envs)))
         return obs, rewards, dones, infos
+
+    def close(self) -> None:
+        if self.background is not None:
+            self.background.close()
+        super().close()
