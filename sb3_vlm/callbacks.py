@@ -9,7 +9,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from sb3_vlm.advisors.background import BACKGROUND_COUNTERS
-from sb3_vlm.advisors.base import Advisor
+from sb3_vlm.advisors.base import Advisor, advisor_chain
 
 #: the logger keys of :class:`AdviceMetricsCallback`
 ADVISOR_KEYS = (
@@ -40,16 +40,12 @@ def advisor_counters(advisor: Advisor) -> dict[str, float]:
     """
     out: dict[str, float] = {k: float(v) for k, v in advisor.stats.as_dict().items()}
     out.update({k: 0.0 for k in (*_EXTRA, "http_errors")})
-    seen: set[int] = set()
-    current: Any = advisor
-    while isinstance(current, Advisor) and id(current) not in seen:
-        seen.add(id(current))
+    for current in advisor_chain(advisor):
         for key in _EXTRA:
             out[key] += float(getattr(current, key, 0) or 0)
         errors = getattr(current, "http_errors", None)
         if isinstance(errors, dict):
             out["http_errors"] += float(sum(errors.values()))
-        current = getattr(current, "advisor", None) or getattr(current, "base", None)
     return out
 
 

@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from sb3_vlm.advice import Advice, AdviceRequest, PendingAdvice
-from sb3_vlm.advisors.base import Advisor
+from sb3_vlm.advisors.base import Advisor, advisor_chain
 from sb3_vlm.advisors.cache import CachedAdvisor
 
 logger = logging.getLogger(__name__)
@@ -145,9 +145,8 @@ class BackgroundAdvisor:
             self.submitted += 1
             key = request.cache_key(identity) if cached is not None else None
             if cached is not None and key is not None:
-                hit = cached._lookup(key)
+                hit = cached.lookup(key)
                 if hit is not None:
-                    cached.stats.cache_hits += 1
                     out.append(hit)
                     continue
             with queue.cond:
@@ -199,11 +198,4 @@ def prefers_background(advisor: Advisor) -> bool:
     runs exactly reproducible when asked inline (see the README's non-blocking advice measurements)."""
     from sb3_vlm.advisors.prompted import PromptedAdvisor
 
-    seen: set[int] = set()
-    current: Any = advisor
-    while isinstance(current, Advisor) and id(current) not in seen:
-        if isinstance(current, PromptedAdvisor):
-            return True
-        seen.add(id(current))
-        current = getattr(current, "advisor", None) or getattr(current, "base", None)
-    return False
+    return any(isinstance(a, PromptedAdvisor) for a in advisor_chain(advisor))

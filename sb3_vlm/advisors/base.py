@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sb3_vlm.advice import Advice, AdviceRequest
 
@@ -97,3 +97,13 @@ class Advisor(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.identity})"
+
+
+def advisor_chain(advisor: Advisor) -> Iterator[Advisor]:
+    """``advisor`` and the advisors it wraps (cache, noise ...), outermost first, each once."""
+    seen: set[int] = set()
+    current: Any = advisor
+    while isinstance(current, Advisor) and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = getattr(current, "advisor", None) or getattr(current, "base", None)

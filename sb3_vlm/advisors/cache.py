@@ -211,6 +211,14 @@ class CachedAdvisor(Advisor):
                 answers[i] = fresh[j] if i == j else copy.copy(fresh[j])
         return [a for a in answers if a is not None]
 
+    def lookup(self, key: str) -> Advice | None:
+        """The cached answer for a content address (:meth:`AdviceRequest.cache_key` with :attr:`identity`), counted
+        as a cache hit; None when there is none (not counted: the caller decides whether it asks)."""
+        advice = self._lookup(key)
+        if advice is not None:
+            self.stats.cache_hits += 1
+        return advice
+
     def _lookup(self, key: str) -> Advice | None:
         try:
             advice = self.cache.get(key)
