@@ -4,10 +4,12 @@ Advisors: the swing-up oracle (reliability 1.0), the oracle made 50 % reliable (
 actions), and ERPv's "worst model" (always 0). Each (method, advisor, seed) is a GuidedSAC run of ``--steps`` env steps
 evaluated every ``--eval-every`` steps (deterministic, plain Pendulum). ERPv / RSF first pre-train their advice
 critic C_V by Random Alternating Exploration for ``--critic-steps`` (reported, not counted in the curve). VARL's
-cutoff N_s is 30 % of the run (VARL: 30k of 100k). ``erpv_cv`` is ERPv with ``vpg_reference="advice"`` (Q_r
-from C_V instead of the untrained RL critic). Writes under ``--out``: ``runs.jsonl`` (resumable), ``runs.json``,
-``pendulum.png`` (one panel per advisor), ``summary.json`` / ``summary.md`` (steps to mean return -200, final return,
-and the two ERPv targets: faster than SAC with the oracle; within 10 % of SAC with the worst model).
+cutoff N_s is 30 % of the run (VARL: 30k of 100k). ``erpv`` uses GuidedSAC's default advantage gate (C_V judging
+both actions), ``erpv_minmax`` the paper's joint min-max gate, ``erpv_cv`` the min-max gate with
+``vpg_reference="advice"`` (Q_r from C_V instead of the untrained RL critic). Writes under ``--out``: ``runs.jsonl``
+(resumable), ``runs.json``, ``pendulum.png`` (one panel per advisor), ``summary.json`` / ``summary.md`` (steps to
+mean return -200, final return, and the two ERPv targets: faster than SAC with the oracle; within 10 % of SAC with
+the worst model).
 
 Usage::
 
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ["erpv", "varl", "covr", "apl", "rsf", "erpv_cv"]
+METHODS = ["erpv", "varl", "covr", "apl", "rsf", "erpv_minmax", "erpv_cv"]
 
 
 def _key(job: dict[str, Any]) -> tuple[Any, ...]:

@@ -16,7 +16,7 @@ if __name__ == "__main__":
     env = VLMAdviceWrapper(
         env, advisor=NoisyAdvisor(MiniGridOracle(), reliability=0.8, seed=0), cache="runs/advice.sqlite"
     )
-    model = GuidedPPO("CnnPolicy", env, n_steps=512, teacher_coef=0.01, verbose=1).learn(20_000, progress_bar=True)
+    model = GuidedPPO("CnnPolicy", env, n_steps=512, verbose=1).learn(20_000, progress_bar=True)
     model.save("runs/ppo_student")
     print("advisor:", env.advisor_stats.as_dict())
 

@@ -25,10 +25,10 @@ from sb3_vlm.buffers import (
 from sb3_vlm.callbacks import AdviceMetricsCallback
 from sb3_vlm.checkpoint import VLMCheckpointCallback, load_checkpoint
 from sb3_vlm.finetune import LoraSettings, VLMFineTuneCallback
-from sb3_vlm.guidance import ConstantCoef, KickstartingCoef, LinearDecayCoef
+from sb3_vlm.guidance import ConstantCoef, KickstartingCoef, LinearDecayCoef, TrustSettings
 from sb3_vlm.policies import AdviceCritic
 from sb3_vlm.ppo import GuidedPPO
-from sb3_vlm.sac import GuidedSAC, RandomAlternatingExploration, pretrain_advice_critic
+from sb3_vlm.sac import GuidedSAC, RandomAlternatingExploration, VERSettings, pretrain_advice_critic
 from sb3_vlm.wrappers import VLMAdviceWrapper
 
 __version__ = "0.1.0"
@@ -64,6 +64,8 @@ __all__ = [
     "PendulumSwingUpOracle",
     "RandomAdvisor",
     "RandomAlternatingExploration",
+    "TrustSettings",
+    "VERSettings",
     "VLMAdviceWrapper",
     "VLMCheckpointCallback",
     "VLMFineTuneCallback",

@@ -1,15 +1,17 @@
 """The advice data model: what an advisor is asked (:class:`AdviceRequest`) and what it answers (:class:`Advice`).
 
-Both are small numpy-only dataclasses so that they pickle cheaply: Gymnasium infos cross process
-boundaries under ``SubprocVecEnv``.
+Both are small numpy-only values so that they pickle cheaply (Gymnasium infos cross process boundaries under
+``SubprocVecEnv``) and are never copied (``DummyVecEnv`` deep-copies every step's infos): nobody changes one once it
+is handed on, so a copy is the object itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,10 +23,18 @@ ADVICE_INFO_KEY = "vlm_advice"
 REQUEST_INFO_KEY = "vlm_request"
 
 
-@dataclass
 class AdviceRequest:
     """
     What the teacher is shown for one observation.
+
+    A request is a value: the view that makes it (and the wrapper, which fills in a missing ``action_space``) sets it
+    up, everyone else only reads it. So copies share it: ``copy.deepcopy`` returns the request itself (SB3's
+    ``DummyVecEnv`` deep-copies every step's infos, which carry it under ``"vlm_request"``).
+
+    **Lazy views** (issue 18): a view that can describe itself cheaply gives a ``content_key`` and a ``render``
+    callable instead of the image. The cache keys by the content key, and the image is rendered the first time
+    ``image`` is read, i.e. only when a backend that looks at images is actually asked (a scripted advisor that
+    reads ``state`` never renders it).
 
     :param image: the teacher's view (H, W, C) uint8 RGB; may differ from the student's observation (LVLM2P
         gives the VLM a fully observable render while the student sees its own partial view).
@@ -32,32 +42,132 @@ class AdviceRequest:
         Part of the cache key.
     :param action_space: the action space the advice must live in.
     :param state: privileged simulator state for scripted/oracle advisors. It is *not* part of the cache key,
-        so it must be a function of ``image`` and ``context`` for caching to be correct (true for MiniGrid).
+        so it must be a function of the image (or the content key) and ``context`` for caching to be correct (true
+        for MiniGrid).
+    :param content_key: a digest of everything the image shows, computed without rendering it (MiniGrid: grid
+        encoding, agent pose, carried object, mission). When given, it replaces the image bytes in the cache key;
+        two views with the same content key must render the same image.
+    :param render: ``render() -> image`` for a lazy view (instead of ``image``). It must draw from a snapshot taken
+        with the view, not from the live env, since a request may be read after the env stepped on (a background
+        queue, COVR's D_f); and be picklable (a module-level function or a ``functools.partial`` of one) for
+        requests that cross process boundaries (``SubprocVecEnv``).
     """
 
-    image: np.ndarray | None
-    context: dict[str, Any] = field(default_factory=dict)
-    action_space: spaces.Space | None = None
-    state: Any = None
+    def __init__(
+        self,
+        image: np.ndarray | None = None,
+        context: dict[str, Any] | None = None,
+        action_space: spaces.Space | None = None,
+        state: Any = None,
+        *,
+        content_key: str | None = None,
+        render: Callable[[], np.ndarray] | None = None,
+    ) -> None:
+        if image is not None and render is not None:
+            raise ValueError("Give an image or a render callable, not both")
+        self._image = image
+        self._render = render
+        self.context: dict[str, Any] = {} if context is None else context
+        self.action_space = action_space
+        self.state = state
+        self.content_key = content_key
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The teacher's image; a lazy view renders it here, once."""
+        render = self._render  # read once: another thread may finish rendering in between
+        if render is not None:
+            self._image = render()
+            self._render = None
+        return self._image
+
+    @image.setter
+    def image(self, image: np.ndarray | None) -> None:
+        self._image, self._render = image, None
+
+    @property
+    def rendered(self) -> bool:
+        """False while a lazy view's image has not been drawn."""
+        return self._render is None
 
     def cache_key(self, advisor_identity: str) -> str:
-        """Content address of this request for ``advisor_identity``: image bytes, shape, dtype, context, advisor."""
+        """
+        Content address of this request for ``advisor_identity``: the advisor, then the content key and the action
+        space when the view gives a content key (never rendering the image), else the image bytes, shape and dtype;
+        then the context.
+        """
         h = hashlib.sha256()
         h.update(advisor_identity.encode())
         h.update(b"\x00")
-        if self.image is not None:
-            img = np.ascontiguousarray(self.image)
-            h.update(f"{img.shape}{img.dtype}".encode())
-            h.update(img.tobytes())
+        if self.content_key is not None:
+            # a namespace of its own: a content key can never collide with image bytes
+            h.update(b"content-key:")
+            h.update(self.content_key.encode())
+            h.update(b"\x00")
+            h.update(repr(self.action_space).encode())
+        else:
+            image = self.image
+            if image is not None:
+                img = np.ascontiguousarray(image)
+                h.update(f"{img.shape}{img.dtype}".encode())
+                h.update(img.tobytes())
         h.update(b"\x00")
         h.update(json.dumps(self.context, sort_keys=True, default=str).encode())
         return h.hexdigest()
 
+    def __eq__(self, other: object) -> bool:
+        """The same view: what the cache key covers (``state`` is a function of it); images compared by value, and
+        only when there is no content key (comparing lazy views renders nothing)."""
+        if not isinstance(other, AdviceRequest):
+            return NotImplemented
+        if any(getattr(self, name) != getattr(other, name) for name in ("content_key", "context", "action_space")):
+            return False
+        if self.content_key is not None:
+            return True
+        a, b = self.image, other.image
+        return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
-@dataclass(eq=False)
+    __hash__ = None  # type: ignore[assignment]  # equality is by array value
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # requests pickled before issue 18 (checkpoints of COVR's D_f) were a dataclass: "image", no lazy fields
+        state = dict(state)
+        if "image" in state:
+            state["_image"] = state.pop("image")
+        self.__dict__.update({"_render": None, "content_key": None, **state})
+
+    def __copy__(self) -> AdviceRequest:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AdviceRequest:
+        return self
+
+    def __repr__(self) -> str:
+        image = "<lazy>" if not self.rendered else None if self._image is None else f"<{self._image.shape}>"
+        return (
+            f"AdviceRequest(image={image}, context={self.context!r}, action_space={self.action_space!r}, "
+            f"content_key={self.content_key!r})"
+        )
+
+
+def _read_only(array: np.ndarray | None, copy: bool = True) -> np.ndarray | None:
+    """``array`` as a read-only ndarray. A writable one is copied first (``copy=True``: whoever made it keeps a
+    writable array and cannot change the advice through it) or frozen in place (``copy=False``: a fresh array)."""
+    if array is None:
+        return None
+    out = np.asarray(array)
+    if out.flags.writeable:
+        out = out.copy() if copy else out
+        out.flags.writeable = False
+    return out
+
+
+@dataclass(eq=False, frozen=True)
 class Advice:
     """
-    One answer of an advisor.
+    One answer of an advisor: an immutable value (its arrays are read-only), so infos, buffers and caches share one
+    object instead of copying it (``copy.deepcopy`` returns it). Derive a changed answer with
+    :func:`dataclasses.replace`.
 
     :param action: advised continuous action (env units) or discrete action index, or None.
     :param probs: probabilities over a discrete action space (sums to 1), or None.
@@ -75,6 +185,11 @@ class Advice:
     latency: float = 0.0
     raw: str = ""
 
+    def __post_init__(self) -> None:
+        # read-only arrays (from_dict, replace) are shared, writable ones copied
+        object.__setattr__(self, "action", _read_only(self.action))
+        object.__setattr__(self, "probs", _read_only(self.probs))
+
     def __eq__(self, other: object) -> bool:
         """Equal content (arrays compared by value); ``latency`` is a measurement, not content, and is ignored."""
         if not isinstance(other, Advice):
@@ -89,7 +204,17 @@ class Advice:
             and (self.valid, self.source, self.raw) == (other.valid, other.source, other.raw)
         )
 
-    __hash__ = None  # type: ignore[assignment]  # mutable
+    __hash__ = None  # type: ignore[assignment]  # equality is by array value
+
+    def __copy__(self) -> Advice:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Advice:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # through the constructor, so that the unpickled arrays are read-only again
+        return type(self), (self.action, self.probs, self.valid, self.source, self.latency, self.raw)
 
     @classmethod
     def invalid(cls, source: str = "", raw: str = "") -> Advice:
@@ -112,8 +237,8 @@ class Advice:
         action = data.get("action")
         probs = data.get("probs")
         return cls(
-            action=None if action is None else np.asarray(action, dtype=np.float32),
-            probs=None if probs is None else np.asarray(probs, dtype=np.float32),
+            action=None if action is None else _read_only(np.asarray(action, dtype=np.float32), copy=False),
+            probs=None if probs is None else _read_only(np.asarray(probs, dtype=np.float32), copy=False),
             valid=bool(data.get("valid", False)),
             source=str(data.get("source", "")),
             latency=float(data.get("latency", 0.0)),
@@ -134,9 +259,11 @@ class PendingAdvice(Advice):
     ``VecVLMAdviceWrapper`` around the ``SubprocVecEnv``: it asks from the main process.
     """
 
+    future: Future[Advice]
+
     def __init__(self, future: Future[Advice]):
         super().__init__(valid=False, source="pending")
-        self.future = future
+        object.__setattr__(self, "future", future)  # frozen like any advice; only the future's state changes
 
     def done(self) -> bool:
         return self.future.done()
@@ -144,12 +271,6 @@ class PendingAdvice(Advice):
     def result(self, timeout: float | None = None) -> Advice:
         """The answer; waits up to ``timeout`` seconds (None: as long as it takes), else raises ``TimeoutError``."""
         return self.future.result(timeout)
-
-    def __copy__(self) -> PendingAdvice:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> PendingAdvice:
-        return self
 
     def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
         # the future cannot cross a process boundary; the answer can (the background advisor always resolves it)

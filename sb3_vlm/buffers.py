@@ -33,6 +33,7 @@ class AdvisedRolloutBufferSamples(NamedTuple):
     returns: th.Tensor
     advice_targets: th.Tensor  # (batch, n) teacher probabilities for Discrete, (batch, dim) advised action for Box
     advice_valid: th.Tensor  # (batch,) 1.0 where the row has advice
+    advice_weight: th.Tensor  # (batch,) the row's weight in the distillation term (the trust's per-state gate)
 
 
 class AdvisedDictRolloutBufferSamples(NamedTuple):
@@ -44,6 +45,7 @@ class AdvisedDictRolloutBufferSamples(NamedTuple):
     returns: th.Tensor
     advice_targets: th.Tensor
     advice_valid: th.Tensor
+    advice_weight: th.Tensor
 
 
 class _AdviceStorage:
@@ -62,11 +64,15 @@ class _AdviceStorage:
     action_space: spaces.Space
     advice_targets: np.ndarray
     advice_valid: np.ndarray
+    #: per-row weight of the distillation term, set by the guided algorithm once the rollout is complete (the
+    #: trust's per-state gate); ``None`` means the validity mask
+    advice_weight: np.ndarray | None
 
     def _reset_advice(self) -> None:
         dim = advice_target_dim(self.action_space)
         self.advice_targets = np.zeros((self.buffer_size, self.n_envs, dim), dtype=np.float32)
         self.advice_valid = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+        self.advice_weight = None
         self._pending: list[tuple[int, int, PendingAdvice]] = []
 
     def add_advice(
@@ -109,12 +115,19 @@ class _AdviceStorage:
     def _flatten_advice(self) -> None:
         # same (step, env) -> row layout as SB3's swap_and_flatten, done once per rollout
         if not self.generator_ready:
+            weight = self.advice_valid if self.advice_weight is None else self.advice_weight
             self.advice_targets = RolloutBuffer.swap_and_flatten(self.advice_targets)
             self.advice_valid = RolloutBuffer.swap_and_flatten(self.advice_valid).reshape(-1)
+            self.advice_weight = RolloutBuffer.swap_and_flatten(weight.astype(np.float32)).reshape(-1)
 
-    def _advice_tensors(self, batch_inds: np.ndarray) -> tuple[th.Tensor, th.Tensor]:
+    def _advice_tensors(self, batch_inds: np.ndarray) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         to_torch = self.to_torch  # type: ignore[attr-defined]
-        return to_torch(self.advice_targets[batch_inds]), to_torch(self.advice_valid[batch_inds])
+        assert self.advice_weight is not None  # set by _flatten_advice
+        return (
+            to_torch(self.advice_targets[batch_inds]),
+            to_torch(self.advice_valid[batch_inds]),
+            to_torch(self.advice_weight[batch_inds]),
+        )
 
 
 class AdvisedRolloutBuffer(_AdviceStorage, RolloutBuffer):

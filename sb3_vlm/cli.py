@@ -253,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--env", default="MiniGrid-LavaGapS7-v0", help="MiniGrid env id (default: %(default)s)")
     demo.add_argument("--steps", type=int, default=100_000, help="env steps per algorithm (default: %(default)s)")
     demo.add_argument("--reliability", type=float, default=0.8, help="teacher reliability (default: %(default)s)")
-    demo.add_argument("--teacher-coef", type=float, default=0.05, help="λ of the KL term (default: %(default)s)")
+    demo.add_argument(
+        "--teacher-coef", type=float, default=None, help="λ of the KL term (default: GuidedPPO's, with adaptive trust)"
+    )
     demo.add_argument("--threshold", type=float, default=0.9, help="mean return target (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--out", default="demo_out", help="output folder for the PNG and JSON (default: %(default)s)")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,3 +79,83 @@ def test_batch_from_infos_masks_missing_rows() -> None:
 def test_multidiscrete_is_rejected_clearly() -> None:
     with pytest.raises(NotImplementedError, match="Discrete and Box"):
         advice_to_target(Advice(action=np.array([0, 1])), spaces.MultiDiscrete([2, 2]))
+
+
+def test_advice_is_an_immutable_value_that_copies_share() -> None:
+    import copy
+    import dataclasses
+
+    mine = np.array([0.2, 0.8], dtype=np.float32)
+    advice = Advice(probs=mine, source="x", raw="some long answer")
+    mine[0] = 1.0  # the advisor's own array: the advice made a read-only copy
+    assert advice.probs[0] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="read-only"):
+        advice.probs[0] = 0.5  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        advice.valid = False  # type: ignore[misc]
+    # what DummyVecEnv does to every step's infos: the advice and the request come back as the same objects
+    request = AdviceRequest(image=np.zeros((4, 4, 3), np.uint8), context={"m": "go"}, action_space=spaces.Discrete(2))
+    info = {"vlm_advice": advice, "vlm_request": request, "episode": {"r": 1.0}}
+    copied = copy.deepcopy([info])[0]
+    assert copied is not info and copied["vlm_advice"] is advice and copied["vlm_request"] is request
+    assert copy.copy(advice) is advice
+    # changed answers are new values; pickling keeps the arrays read-only
+    timed = dataclasses.replace(advice, latency=0.5)
+    assert timed.latency == 0.5 and advice.latency == 0.0 and timed.probs is advice.probs
+    unpickled = pickle.loads(pickle.dumps(advice))
+    assert unpickled == advice and not unpickled.probs.flags.writeable  # type: ignore[union-attr]
+    assert not Advice.from_dict(advice.to_dict()).probs.flags.writeable  # type: ignore[union-attr]
+
+
+def test_a_lazy_request_is_keyed_by_content_and_renders_once_when_read() -> None:
+    import functools
+
+    calls: list[int] = []
+    lazy = AdviceRequest(
+        context={"mission": "go"},
+        action_space=spaces.Discrete(3),
+        content_key="view-1",
+        render=functools.partial(_draw, calls),
+    )
+    key = lazy.cache_key("a")
+    assert not calls and not lazy.rendered  # keying never renders
+    assert key == AdviceRequest(
+        context={"mission": "go"}, action_space=spaces.Discrete(3), content_key="view-1"
+    ).cache_key("a")
+    for other in (
+        AdviceRequest(context={"mission": "go"}, action_space=spaces.Discrete(3), content_key="view-2"),
+        AdviceRequest(context={"mission": "stop"}, action_space=spaces.Discrete(3), content_key="view-1"),
+        AdviceRequest(context={"mission": "go"}, action_space=spaces.Discrete(4), content_key="view-1"),
+    ):
+        assert other.cache_key("a") != key
+    assert lazy.cache_key("b") != key
+    # the same pixels without a content key are keyed as before, by the image
+    eager = AdviceRequest(image=_draw([]), context={"mission": "go"}, action_space=spaces.Discrete(3))
+    assert eager.cache_key("a") != key
+    # a copy sent to another process stays lazy; the image is drawn once, on first read
+    sent = pickle.loads(pickle.dumps(lazy))
+    assert not sent.rendered and np.array_equal(sent.image, eager.image) and sent.rendered
+    assert np.array_equal(lazy.image, eager.image) and lazy.image is lazy.image and calls == [1]
+    with pytest.raises(ValueError, match="not both"):
+        AdviceRequest(image=eager.image, render=functools.partial(_draw, calls))
+
+
+def _draw(calls: list[int]) -> np.ndarray:
+    calls.append(1)
+    return np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+
+
+def test_requests_pickled_before_lazy_views_still_load() -> None:
+    import copyreg
+
+    image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+
+    class OldLayout:  # how a request pickled as the dataclass it used to be (e.g. in a COVR checkpoint) reads
+        def __reduce__(self) -> tuple[Any, ...]:
+            state = {"image": image, "context": {"m": "go"}, "action_space": spaces.Discrete(2), "state": 7}
+            return copyreg._reconstructor, (AdviceRequest, object, None), state
+
+    old = pickle.loads(pickle.dumps(OldLayout()))
+    now = AdviceRequest(image=image, context={"m": "go"}, action_space=spaces.Discrete(2), state=7)
+    assert isinstance(old, AdviceRequest) and old == now and old.state == 7 and old.content_key is None
+    assert old.cache_key("a") == now.cache_key("a")

@@ -156,5 +156,23 @@ def test_identical_requests_in_one_batch_are_sent_once(tmp_path) -> None:
     answers = advisor.advise(batch)
     assert sorted(seen) == [1, 2, 3]  # three distinct views, three backend requests
     assert [float(a.action[0]) for a in answers] == [1, 2, 1, 1, 3, 2]
-    assert answers[0] is not answers[2]  # each row gets its own Advice object
+    assert answers[0] is answers[2]  # advice is immutable: identical views share one answer
     assert advisor.stats.queries == 3 and advisor.stats.cache_misses == 6
+
+
+def test_hits_are_decoded_once_and_served_from_memory(tmp_path: Path) -> None:
+    cache = AdviceCache(tmp_path / "c.sqlite")
+    cache.put("k", Advice(probs=np.array([0.5, 0.5]), source="s"))
+    first = cache.get("k")
+    assert first is not None and cache.get("k") is first and cache.hits == 2  # no JSON decode on a repeated hit
+    fresh = AdviceCache(tmp_path / "c.sqlite")  # another process's view of the file: read from disk
+    assert fresh.get("k") == first and fresh.get("k") is not first
+    assert pickle.loads(pickle.dumps(cache))._recent == {}  # copies sent to workers read the file
+    unkept = AdviceCache(tmp_path / "c.sqlite", memory_entries=0)
+    assert unkept.get("k") is not unkept.get("k")
+    small = AdviceCache(memory_entries=2)
+    for key in ("a", "b", "c"):
+        small.put(key, Advice(source=key))
+    assert list(small._recent) == ["b", "c"] and small.get("a") is not None  # dropped from memory, not from the file
+    cache.clear()
+    assert cache.get("k") is None

@@ -83,7 +83,8 @@ def test_warns_when_env_gives_no_advice() -> None:
 
 def test_teacher_coef_schedule_is_applied() -> None:
     env = make_vec_env(_minigrid(), n_envs=2, seed=0)
-    model = GuidedA2C("MlpPolicy", env, n_steps=4, teacher_coef=KickstartingCoef(1.0, decay=0.5, cutoff=3), seed=0)
+    schedule = KickstartingCoef(1.0, decay=0.5, cutoff=3)
+    model = GuidedA2C("MlpPolicy", env, n_steps=4, teacher_coef=schedule, trust=False, seed=0)
     coefs = []
     for _ in range(4):
         model.learn(8, reset_num_timesteps=False)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3 import SAC
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -18,7 +19,8 @@ from sb3_vlm.advice import Advice, AdviceRequest
 from sb3_vlm.buffers import AdvisedDictReplayBuffer, AdvisedReplayBuffer
 from sb3_vlm.envs.pendulum import PendulumSwingUpOracle, make_pendulum_env, make_pixel_env
 from sb3_vlm.policies import AdviceCritic
-from sb3_vlm.sac import GuidedSAC, RandomAlternatingExploration, pretrain_advice_critic
+from sb3_vlm.sac import GuidedSAC, RandomAlternatingExploration, VERSettings, pretrain_advice_critic
+from sb3_vlm.sac.terms import AdvantageGate, MinMaxGate, RandomGate
 from tests.helpers import CounterEnv, counter_view
 
 BOX = spaces.Box(-2.0, 2.0, shape=(1,), dtype=np.float32)
@@ -125,8 +127,16 @@ def test_every_method_trains_and_logs_its_internals(method: str) -> None:
     logged = model.logger.name_to_value
     assert "train/advice_valid_frac" in logged
     expected = {
-        "erpv": ["guidance_loss", "q_f_mean", "q_f_active_frac", "alpha_target", "transition_loss", "ver_loss"],
-        "varl": ["guidance_loss", "bc_gate_frac"],
+        "erpv": [
+            "guidance_loss",
+            "q_f_mean",
+            "q_f_active_frac",
+            "advice_adv_scale",
+            "alpha_target",
+            "transition_loss",
+            "ver_loss",
+        ],
+        "varl": ["guidance_loss", "bc_gate_frac", "bc_value_gate_frac"],
         "covr": ["guidance_loss"],
         "dpl": ["guidance_loss"],
         "apl": ["guidance_loss"],
@@ -140,16 +150,16 @@ def test_every_method_trains_and_logs_its_internals(method: str) -> None:
 
 def test_method_defaults_are_the_papers() -> None:
     env = _pendulum()
-    erpv = GuidedSAC("MlpPolicy", env, advice_critic="rl", **SMALL)
-    assert (erpv.method, erpv.guidance, erpv.current_guidance_coef, erpv.ver, erpv.ver_coef) == (
-        "erpv",
-        "vpg",
-        10,
-        True,
-        10,
-    )
+    erpv = GuidedSAC("MlpPolicy", env, **SMALL)
+    assert (erpv.method, erpv.guidance, erpv.current_guidance_coef, erpv.ver) == ("erpv", "vpg", 10, VERSettings())
+    assert erpv.ver is not None and erpv.ver.coef == 10 and erpv.ver.gated
+    assert isinstance(erpv.advice_gate, AdvantageGate) and erpv.advice_gate.scale is None
+    paper = GuidedSAC("MlpPolicy", env, vpg_gate="minmax", advice_critic="rl", ver=VERSettings(gated=False), **SMALL)
+    assert isinstance(paper.advice_gate, MinMaxGate) and paper.advice_gate.reference == "rl"
+    assert isinstance(GuidedSAC("MlpPolicy", env, method="rsf", **SMALL).advice_gate, RandomGate)
     varl = GuidedSAC("MlpPolicy", env, method="varl", **SMALL)
-    assert (varl.guidance, varl.guidance_cutoff, varl.advice_batch, varl.ver) == ("gated_bc", 30_000, True, False)
+    assert (varl.guidance, varl.guidance_cutoff, varl.advice_batch, varl.ver) == ("gated_bc", 30_000, True, None)
+    assert varl.bc_value_gate
     covr = GuidedSAC("MlpPolicy", env, method="covr", **SMALL)
     assert (covr.guidance, covr.current_guidance_coef) == ("mse", 2.0)
     apl = GuidedSAC("MlpPolicy", env, method="apl", **SMALL)
@@ -167,8 +177,9 @@ def test_method_defaults_are_the_papers() -> None:
     [
         (dict(method="nope"), ValueError),
         (dict(guidance="nope"), ValueError),
-        (dict(ver_confidence="nope"), ValueError),
+        (dict(vpg_gate="nope"), ValueError),
         (dict(vpg_reference="nope"), ValueError),
+        (dict(ver="yes"), TypeError),
         (dict(guidance_coef=-1.0), ValueError),
         (dict(advice_critic=object()), TypeError),
         (dict(n_steps=3), ValueError),
@@ -180,14 +191,53 @@ def test_bad_arguments_fail_early(kwargs, error) -> None:
         GuidedSAC("MlpPolicy", _pendulum(), **{"advice_critic": "rl", **SMALL, **kwargs})
 
 
-def test_vpg_without_advice_critic_warns_and_falls_back_to_the_rl_critic() -> None:
-    with pytest.warns(UserWarning, match="without an advice critic"):
-        model = GuidedSAC("MlpPolicy", _pendulum(), method="erpv", **SMALL)
-    model.learn(40)
-    assert model.advice_critic is None
+def test_ver_settings_are_validated() -> None:
+    for bad in (dict(confidence="nope"), dict(alpha_target="nope"), dict(next_state="nope"), dict(coef=-1.0)):
+        with pytest.raises(ValueError):
+            VERSettings(**bad)  # type: ignore[arg-type]
+    model = GuidedSAC("MlpPolicy", _pendulum(), ver=VERSettings(transition_net_arch=[8], coef=3.0), **SMALL)
+    assert model.ver is not None and model.ver.coef == 3.0
+    assert model.transition_model is not None and model.transition_model.net[0].out_features == 8
+
+
+def test_default_gate_needs_no_advice_critic_and_minmax_without_one_warns() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        GuidedSAC("MlpPolicy", _pendulum(), method="erpv", advice_critic="rl", **SMALL)  # M9 on purpose: silent
+        model = GuidedSAC("MlpPolicy", _pendulum(), **SMALL)  # the advantage gate on the RL critic: silent
+        model.learn(40)
+        GuidedSAC("MlpPolicy", _pendulum(), vpg_gate="minmax", advice_critic="rl", **SMALL)  # M9 on purpose: silent
+    assert model.advice_critic is None and model.advice_gate.scale is not None
+    with pytest.warns(UserWarning, match="without an advice critic"):
+        GuidedSAC("MlpPolicy", _pendulum(), vpg_gate="minmax", **SMALL)
+
+
+def _invalid_advice_env() -> gym.Env:
+    return VLMAdviceWrapper(make_pendulum_env(), CallableAdvisor(lambda r: Advice.invalid(), name="mute"))
+
+
+@pytest.mark.parametrize(
+    "make_env, method",
+    [
+        (make_pendulum_env, "erpv"),
+        (_invalid_advice_env, "erpv"),
+        (_invalid_advice_env, "varl"),
+        (_invalid_advice_env, "rsf"),
+    ],
+)
+def test_without_advice_guided_sac_is_bit_identical_to_sac(make_env, method: str) -> None:
+    # no valid advice: no guidance term, no VER term, no extra random draw (T is built on its own RNG stream)
+    kwargs = {**SMALL, "learning_starts": 50, "batch_size": 32, "seed": 3}
+    sac = SAC("MlpPolicy", make_env(), **kwargs).learn(300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no 'vlm_advice' in the infos" for the unwrapped env
+        guided = GuidedSAC("MlpPolicy", make_env(), method=method, **kwargs).learn(300)
+    assert guided.replay_buffer.advice_valid.sum() == 0 and guided.guidance_active
+    assert (guided.transition_model is not None) == (method != "varl")  # VER on, yet it changes nothing
+    params, guided_params = sac.policy.state_dict(), guided.policy.state_dict()
+    assert params.keys() == guided_params.keys()
+    for name, value in params.items():
+        assert th.equal(value, guided_params[name]), name
+    assert th.equal(sac.log_ent_coef, guided.log_ent_coef)
 
 
 def test_advice_critic_stays_frozen_and_receives_no_gradient() -> None:
@@ -212,9 +262,11 @@ def test_vpg_reference_advice_scores_both_actions_with_c_v(monkeypatch) -> None:
         return original(self, obs, actions)
 
     monkeypatch.setattr(AdviceCritic, "q_value", spy)
-    for reference, per_update in (("rl", 1), ("advice", 2)):
+    for gate, reference, per_update in (("minmax", "rl", 1), ("minmax", "advice", 2), ("advantage", "rl", 2)):
         calls.clear()
-        model = GuidedSAC("MlpPolicy", _pendulum(), advice_critic=critic, vpg_reference=reference, ver=False, **SMALL)
+        model = GuidedSAC(
+            "MlpPolicy", _pendulum(), advice_critic=critic, vpg_gate=gate, vpg_reference=reference, ver=False, **SMALL
+        )
         model.learn(30)  # 10 gradient steps
         assert len(calls) == 10 * per_update
         assert all(not a.requires_grad for a in calls)
@@ -238,8 +290,10 @@ def test_guidance_pulls_the_policy_toward_the_advised_action() -> None:
 
     results = {}
     for method in ("sac", "covr", "varl"):
+        # VARL's own gate: the value gate would (rightly) close where a constant torque is not better
+        extra = dict(bc_value_gate=False) if method == "varl" else {}
         model = GuidedSAC(
-            "MlpPolicy", _pendulum(ConstantAdvisor(1.8)), method=method, **{**SMALL, "learning_rate": 3e-3}
+            "MlpPolicy", _pendulum(ConstantAdvisor(1.8)), method=method, **{**SMALL, "learning_rate": 3e-3}, **extra
         )
         model.learn(300)
         results[method] = mean_action(model)
@@ -264,12 +318,14 @@ def test_save_load_restores_every_module_and_training_resumes(tmp_path: Path) ->
     assert len(loaded.transition_optimizer.state_dict()["state"]) == len(
         model.transition_optimizer.state_dict()["state"]
     )
-    assert (loaded.method, loaded.ver, loaded.guidance_coef) == ("erpv", True, 10.0)
+    assert (loaded.method, loaded.ver, loaded.guidance_coef) == ("erpv", VERSettings(), 10.0)
+    # the gate's running advantage scale σ is state and round-trips
+    assert isinstance(loaded.advice_gate, AdvantageGate) and loaded.advice_gate.scale is not None
+    assert loaded.advice_gate.scale == model.advice_gate.scale
+    assert loaded.guidance_term is not None and loaded.guidance_term.gate is loaded.advice_gate  # type: ignore[attr-defined]
     loaded.learn(40, reset_num_timesteps=False)
     assert loaded.num_timesteps == 120
     # a plain SAC can load the policy alone: the saved agent never needs the advisor
-    from stable_baselines3 import SAC
-
     policy_only = SAC("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[16]))
     policy_only.policy.load_state_dict(loaded.policy.state_dict())
     np.testing.assert_array_equal(

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
+from minigrid.core.grid import Grid
+from minigrid.core.world_object import Door, Key
 
 from sb3_vlm.advice import AdviceRequest
+from sb3_vlm.advisors import AdviceCache, Advisor, CallableAdvisor, NoisyAdvisor
 from sb3_vlm.envs.minigrid import (
     DONE,
     FORWARD,
@@ -15,6 +20,8 @@ from sb3_vlm.envs.minigrid import (
     RIGHT,
     MiniGridOracle,
     MiniGridState,
+    MiniGridTeacherView,
+    encode_grid,
     make_minigrid_env,
     optimal_actions,
 )
@@ -139,3 +146,129 @@ def test_top_level_lazy_exports() -> None:
     assert sb3_vlm.MiniGridOracle is minigrid.MiniGridOracle
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         sb3_vlm.nope  # noqa: B018
+
+
+# ------------------------------------------------------------------ lazy teacher views (issue 18)
+def _rollout(env_id: str, content_key: bool, advisor: Advisor, steps: int, seed: int = 0) -> tuple[list, list]:
+    """Random actions (all seven, so doors open and keys are carried); the advice and requests of every step."""
+    env = VLMAdviceWrapper(
+        make_minigrid_env(env_id, student_obs="symbolic", teacher_content_key=content_key), advisor, cache=AdviceCache()
+    )
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    advice, requests = [], []
+    for step in range(steps):
+        _, _, terminated, truncated, info = env.step(int(rng.integers(7)))
+        advice.append(info["vlm_advice"])
+        requests.append(info["vlm_request"])
+        if terminated or truncated:
+            env.reset(seed=seed + step + 1)
+    return advice, requests
+
+
+@pytest.fixture
+def renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per MiniGrid grid render in this process."""
+    calls: list[int] = []
+    original = Grid.render
+
+    def counting_render(self: Grid, *args: Any, **kwargs: Any) -> np.ndarray:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Grid, "render", counting_render)
+    return calls
+
+
+def test_lazy_view_renders_only_for_an_advisor_that_looks_on_a_miss(renders: list[int]) -> None:
+    looks = CallableAdvisor(lambda r: int(r.image.sum()) % 3, name="looks")  # a stand-in VLM: reads the image
+    advice, _ = _rollout("MiniGrid-LavaGapS7-v0", True, looks, steps=400)
+    assert all(a.valid for a in advice)
+    assert 0 < len(renders) == looks.stats.queries == looks.stats.cache_misses < looks.stats.cache_hits
+    renders.clear()
+    _rollout("MiniGrid-LavaGapS7-v0", True, MiniGridOracle(), steps=400)
+    assert not renders  # the oracle plans on the state: nothing is ever drawn
+    _rollout("MiniGrid-LavaGapS7-v0", False, MiniGridOracle(), steps=100)
+    assert len(renders) == 101  # keyed by pixels: every view (and the first one at reset) is drawn
+
+
+def test_content_key_is_the_same_for_the_same_view_and_differs_between_views() -> None:
+    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", student_obs="symbolic")
+    env.reset(seed=0)
+    u: Any = env.unwrapped
+    view = env.get_wrapper_attr("teacher_request")
+    base = view()
+    assert base.content_key == view().content_key and not base.rendered
+    assert base.cache_key("a") == view().cache_key("a") != base.cache_key("b")
+    pos, direction, door = u.agent_pos, u.agent_dir, next(o for o in u.grid.grid if isinstance(o, Door))
+    free = next((x, 1) for x in range(1, 4) if (x, 1) != tuple(pos) and u.grid.get(x, 1) is None)
+    changes = {
+        "turned": lambda: setattr(u, "agent_dir", (direction + 1) % 4),
+        "moved": lambda: setattr(u, "agent_pos", free),
+        "door opened": lambda: (setattr(door, "is_locked", False), setattr(door, "is_open", True)),
+        "carrying": lambda: setattr(u, "carrying", Key("yellow")),
+        "mission": lambda: setattr(u, "mission", "open the door"),
+    }
+    keys = {base.content_key}
+    for name, change in changes.items():
+        change()
+        changed = view()
+        assert changed.content_key not in keys, name
+        assert changed.cache_key("a") != base.cache_key("a"), name
+        keys.add(changed.content_key)
+    # back where it started: the same view again
+    u.agent_pos, u.agent_dir, u.carrying, u.mission = pos, direction, None, base.context["mission"]
+    door.is_open, door.is_locked = False, True
+    assert view().content_key == base.content_key
+    # what a miss would render is part of the key
+    assert MiniGridTeacherView(env.env, tile_size=16).teacher_request().content_key != base.content_key
+
+
+@pytest.mark.parametrize("env_id", ["MiniGrid-LavaGapS7-v0", "MiniGrid-DoorKey-5x5-v0"])
+def test_content_keys_give_the_advice_and_hits_of_image_keys(env_id: str) -> None:
+    def teacher() -> Advisor:  # the corruption is drawn per query: equal only if the same views are queried in order
+        return NoisyAdvisor(MiniGridOracle(), reliability=0.7, seed=1)
+
+    by_pixels, by_content = teacher(), teacher()
+    advice_px, requests_px = _rollout(env_id, False, by_pixels, steps=1500)
+    advice_ck, requests_ck = _rollout(env_id, True, by_content, steps=1500)
+    assert advice_ck == advice_px
+    counts = [(s.queries, s.invalid, s.cache_hits, s.cache_misses) for s in (by_content.stats, by_pixels.stats)]
+    assert counts[0] == counts[1] and counts[0][2] > counts[0][0] > 0
+    assert by_content.n_corrupted == by_pixels.n_corrupted > 0
+    # drawn after the env stepped on, from the snapshot: the image the pixel-keyed view rendered at the time
+    for lazy, eager in zip(requests_ck[::50], requests_px[::50], strict=True):
+        assert not lazy.rendered
+        np.testing.assert_array_equal(lazy.image, eager.image)
+
+
+def test_encode_grid_matches_minigrid() -> None:
+    for env_id in ("MiniGrid-DoorKey-6x6-v0", "MiniGrid-Fetch-5x5-N2-v0", "MiniGrid-GoToDoor-6x6-v0"):
+        env = make_minigrid_env(env_id)
+        env.reset(seed=2)
+        grid = env.unwrapped.grid  # type: ignore[attr-defined]
+        encoded = encode_grid(grid)
+        np.testing.assert_array_equal(encoded, grid.encode())
+        assert not encoded.flags.writeable
+
+
+def test_lazy_views_cross_processes_and_render_in_the_main_process_on_a_miss(renders: list[int]) -> None:
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    from sb3_vlm.wrappers import VecVLMAdviceWrapper
+
+    makers = [lambda: make_minigrid_env("MiniGrid-LavaGapS7-v0", student_obs="symbolic") for _ in range(2)]
+    actions = np.random.default_rng(0).integers(0, 3, size=(60, 2))
+    runs = []
+    for vec_cls in (DummyVecEnv, SubprocVecEnv):
+        renders.clear()
+        looks = CallableAdvisor(lambda r: int(r.image.sum()) % 3, name="looks")
+        venv = VecVLMAdviceWrapper(vec_cls(makers), looks, cache=AdviceCache())  # type: ignore[arg-type]
+        venv.seed(0)
+        venv.reset()
+        advice = [info["vlm_advice"] for a in actions for info in venv.step(a)[3]]
+        venv.close()
+        # the workers send snapshots, not images: what is drawn is drawn here, once per miss
+        assert 0 < len(renders) == looks.stats.queries < looks.stats.cache_hits + looks.stats.cache_misses
+        runs.append(advice)
+    assert runs[0] == runs[1]

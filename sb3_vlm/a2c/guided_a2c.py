@@ -14,8 +14,9 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from sb3_vlm.advice import ADVICE_INFO_KEY
-from sb3_vlm.common.on_policy import GuidedOnPolicyMixin, evaluate_actions_with_distribution
+from sb3_vlm.common.on_policy import DEFAULT_TEACHER_COEF, GuidedOnPolicyMixin, evaluate_actions_with_distribution
 from sb3_vlm.guidance.schedules import CoefSchedule
+from sb3_vlm.guidance.trust import TrustSettings
 
 SelfGuidedA2C = TypeVar("SelfGuidedA2C", bound="GuidedA2C")
 
@@ -28,8 +29,11 @@ class GuidedA2C(GuidedOnPolicyMixin, A2C):
     https://arxiv.org/abs/2503.16588. Loss (eq. 1): ``L_A2C(π_θ) + λ · D_KL(π_T(·|o, ℓ) ‖ π_θ(·|s))`` over rows
     with advice. All A2C arguments are those of :class:`stable_baselines3.A2C`. Extra arguments:
 
-    :param teacher_coef: λ, a float or a :class:`~sb3_vlm.guidance.CoefSchedule` of the number of updates
-        (default 0.01, LVLM2P's choice)
+    :param teacher_coef: λ, the most weight the teacher gets (default 0.2; the term's weight is ``λ · τ`` with the
+        adaptive trust τ), a float or a :class:`~sb3_vlm.guidance.CoefSchedule` of the number of updates; LVLM2P's
+        fixed λ is ``trust=False, teacher_coef=0.01``
+    :param trust: adaptive trust, as in :class:`~sb3_vlm.ppo.GuidedPPO` (evidence windows span several of A2C's
+        short rollouts)
     :param teacher_target: ``"soft"`` (LVLM2P) or ``"hard"`` (one-hot argmax, the paper's ablation); Box action
         spaces use ``−log π_θ(a_v|s)`` of the advised action instead
     :param advice_key: info key the advice wrapper writes (default ``"vlm_advice"``)
@@ -58,7 +62,8 @@ class GuidedA2C(GuidedOnPolicyMixin, A2C):
         rollout_buffer_class: type[RolloutBuffer] | None = None,
         rollout_buffer_kwargs: dict[str, Any] | None = None,
         normalize_advantage: bool = False,
-        teacher_coef: float | CoefSchedule = 0.01,
+        teacher_coef: float | CoefSchedule = DEFAULT_TEACHER_COEF,
+        trust: bool | TrustSettings = True,
         teacher_target: str = "soft",
         advice_key: str = ADVICE_INFO_KEY,
         advice_wait: float = 0.0,
@@ -70,7 +75,7 @@ class GuidedA2C(GuidedOnPolicyMixin, A2C):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        self._init_guidance(teacher_coef, teacher_target, advice_key, advice_wait)
+        self._init_guidance(teacher_coef, teacher_target, advice_key, advice_wait, trust)
         super().__init__(
             policy,
             env,
@@ -148,6 +153,7 @@ class GuidedA2C(GuidedOnPolicyMixin, A2C):
                 distribution,
                 rollout_data.advice_targets,  # type: ignore[attr-defined]
                 rollout_data.advice_valid,  # type: ignore[attr-defined]
+                rollout_data.advice_weight,  # type: ignore[attr-defined]
             )
 
             loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss + teacher_coef * distill_loss

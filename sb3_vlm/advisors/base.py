@@ -6,7 +6,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 from sb3_vlm.advice import Advice, AdviceRequest
@@ -73,12 +73,9 @@ class Advisor(ABC):
         self.stats.queries += len(requests)
         self.stats.total_latency += elapsed
         per_request = elapsed / len(requests)
-        for advice in answers:
-            if not advice.valid:
-                self.stats.invalid += 1
-            if advice.latency == 0.0:
-                advice.latency = per_request
-        return answers
+        self.stats.invalid += sum(not advice.valid for advice in answers)
+        # advice is immutable: an answer that did not time itself gets a copy with the batch's share
+        return [replace(a, latency=per_request) if a.latency == 0.0 else a for a in answers]
 
     def advise_one(self, request: AdviceRequest) -> Advice:
         return self.advise([request])[0]

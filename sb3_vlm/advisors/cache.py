@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +33,34 @@ class AdviceCache:
     A file that is not a readable SQLite database (a crash mid-write on a file system without locking, a stray
     file at the path) is moved aside to ``<path>.corrupt-<time>`` with a warning and a new cache is started there.
 
+    The most recently used answers are also kept decoded in memory (advice is immutable, so a hit returns the
+    object itself): a hit then costs a dict lookup instead of a query and a JSON decode (issue 18). An entry another
+    process overwrites later is not seen by this process until it drops out of memory; entries are written once per
+    content address in practice (the answers of one advisor identity are interchangeable).
+
     :param path: database file, or ``":memory:"``
     :param timeout: seconds a writer waits for a lock held by another process
     :param max_entries: keep at most this many entries: the oldest are evicted (first in, first out) when a write
         goes over; None: unbounded
+    :param memory_entries: answers kept decoded in memory (least recently used dropped first); 0: none
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] = ":memory:", timeout: float = 30.0, max_entries: int | None = None
+        self,
+        path: str | os.PathLike[str] = ":memory:",
+        timeout: float = 30.0,
+        max_entries: int | None = None,
+        memory_entries: int = 65_536,
     ) -> None:
         if max_entries is not None and max_entries < 1:
             raise ValueError(f"max_entries must be >= 1 or None, got {max_entries}")
+        if memory_entries < 0:
+            raise ValueError(f"memory_entries must be >= 0, got {memory_entries}")
         self.path = str(path)
         self.timeout = timeout
         self.max_entries = max_entries
+        self.memory_entries = memory_entries
+        self._recent: OrderedDict[str, Advice] = OrderedDict()
         self.evicted = 0
         self.hits = 0
         self.misses = 0
@@ -88,12 +103,27 @@ class AdviceCache:
 
     def get(self, key: str) -> Advice | None:
         with self._lock:
+            advice = self._recent.get(key)
+            if advice is not None:
+                self._recent.move_to_end(key)
+                self.hits += 1
+                return advice
             row = self._connection().execute("SELECT value FROM advice WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return Advice.from_dict(json.loads(row[0]))
+            if row is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            advice = Advice.from_dict(json.loads(row[0]))
+            self._remember(key, advice)
+        return advice
+
+    def _remember(self, key: str, advice: Advice) -> None:
+        """Keep ``advice`` decoded in memory (under the lock)."""
+        if self.memory_entries:
+            self._recent[key] = advice
+            self._recent.move_to_end(key)
+            if len(self._recent) > self.memory_entries:
+                self._recent.popitem(last=False)
 
     def put(self, key: str, advice: Advice) -> None:
         value = json.dumps(advice.to_dict())
@@ -102,6 +132,7 @@ class AdviceCache:
             conn.execute(
                 "INSERT OR REPLACE INTO advice (key, value, created) VALUES (?, ?, ?)", (key, value, time.time())
             )
+            self._remember(key, advice)
             if self.max_entries is not None:
                 # oldest first; one statement, so concurrent writers cannot both evict the same surplus twice
                 deleted = conn.execute(
@@ -110,6 +141,8 @@ class AdviceCache:
                     (self.max_entries,),
                 ).rowcount
                 self.evicted += max(0, deleted)
+                if deleted > 0:  # which keys went is not known here: forget the decoded copies, the file decides
+                    self._recent.clear()
 
     def __len__(self) -> int:
         with self._lock:
@@ -117,6 +150,7 @@ class AdviceCache:
 
     def clear(self) -> None:
         with self._lock:
+            self._recent.clear()
             self._connection().execute("DELETE FROM advice")
 
     def vacuum(self) -> None:
@@ -156,6 +190,7 @@ class AdviceCache:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_conn"], state["_pid"], state["_lock"] = None, None, None
+        state["_recent"] = OrderedDict()  # a copy in another process reads the file
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -207,8 +242,7 @@ class CachedAdvisor(Advisor):
                 if fresh[i].valid:
                     self._store(keys[i], fresh[i])
             for i in missing:
-                j = first[keys[i]]
-                answers[i] = fresh[j] if i == j else copy.copy(fresh[j])
+                answers[i] = fresh[first[keys[i]]]  # advice is immutable: identical views share one answer
         return [a for a in answers if a is not None]
 
     def lookup(self, key: str) -> Advice | None:
@@ -225,9 +259,9 @@ class CachedAdvisor(Advisor):
         except sqlite3.Error as exc:  # an unreadable cache degrades to a miss, never a crash
             logger.warning("Advice cache read failed (%r); treating as a miss", exc)
             return None
-        if advice is not None:
-            advice.latency = 0.0
-        return advice
+        if advice is None or advice.latency == 0.0:
+            return advice
+        return replace(advice, latency=0.0)  # a hit costs no time
 
     def _store(self, key: str, advice: Advice) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -113,18 +114,24 @@ class NoisyAdvisor(Advisor):
 
     With probability ``1 - reliability`` the base answer is replaced by a wrong one:
 
-    - ``Discrete``: the teacher's mass is moved to another action, drawn uniformly among those the base does not
-      rank first (the shape of the distribution, i.e. its smoothing, is kept);
+    - ``Discrete``: the teacher's mass is moved to another action (the shape of the distribution, i.e. its
+      smoothing, is kept): ``mode="random"`` draws it uniformly among those the base does not rank first,
+      ``mode="adversarial"`` always takes the next one after the base's choice (``a + 1 mod n``, skipping the base's
+      best actions), a systematic confusion;
     - ``Box``: ``mode="random"`` draws a uniform action, ``mode="adversarial"`` mirrors the base action
       through the centre of the box (``low + high - a``).
 
     ``reliability=1`` is the base advisor, ``reliability=0`` is always wrong. Behind a cache the wrong answers are
-    fixed per teacher view, like a deterministic (temperature 0) VLM that is wrong about some states.
+    fixed per teacher view, like a deterministic (temperature 0) VLM that is wrong about some states. With
+    ``view_key``, the wrong views are fixed without a cache too: whether a view is corrupted (and how, for
+    ``mode="random"``) is a hash of ``(seed, view_key(request))``, so a key that maps nearby states to one value
+    (e.g. a coarse grid over a continuous state) makes the teacher wrong on whole regions, as a VLM is.
 
     :param base: the advisor to corrupt (usually an oracle)
     :param reliability: probability of passing the base answer through
     :param seed: seed of the corruption
-    :param mode: continuous corruption, ``"random"`` or ``"adversarial"``
+    :param mode: how answers are corrupted, ``"random"`` or ``"adversarial"`` (systematic, see above)
+    :param view_key: ``f(request) -> bytes`` naming the view; None draws from the advisor's generator per request
     """
 
     def __init__(
@@ -133,6 +140,7 @@ class NoisyAdvisor(Advisor):
         reliability: float = 0.8,
         seed: int | None = None,
         mode: Literal["random", "adversarial"] = "random",
+        view_key: Callable[[AdviceRequest], bytes] | None = None,
     ):
         super().__init__()
         if not 0.0 <= reliability <= 1.0:
@@ -143,24 +151,34 @@ class NoisyAdvisor(Advisor):
         self.reliability = reliability
         self.seed = seed
         self.mode = mode
+        self.view_key = view_key
         self.rng = np.random.default_rng(seed)
         self.n_corrupted = 0
 
     @property
     def identity(self) -> str:
-        return f"noisy({self.base.identity},r={self.reliability},seed={self.seed},mode={self.mode})"
+        keyed = ",views=keyed" if self.view_key is not None else ""
+        return f"noisy({self.base.identity},r={self.reliability},seed={self.seed},mode={self.mode}{keyed})"
+
+    def _view_rng(self, request: AdviceRequest) -> np.random.Generator:
+        """The generator deciding this request's fate: the advisor's own, or one seeded by the view's hash."""
+        if self.view_key is None:
+            return self.rng
+        digest = hashlib.sha256(f"{self.seed}".encode() + b"\x00" + self.view_key(request)).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
     def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
         answers = self.base.advise(requests)
         out = []
         for request, advice in zip(requests, answers, strict=True):
-            if advice.valid and self.rng.random() >= self.reliability:
+            rng = self._view_rng(request)
+            if advice.valid and rng.random() >= self.reliability:
                 self.n_corrupted += 1
-                advice = self._corrupt(advice, _space_of(request))
+                advice = self._corrupt(advice, _space_of(request), rng)
             out.append(advice)
         return out
 
-    def _corrupt(self, advice: Advice, space: spaces.Space) -> Advice:
+    def _corrupt(self, advice: Advice, space: spaces.Space, rng: np.random.Generator) -> Advice:
         source = f"{advice.source}:wrong"
         if isinstance(space, spaces.Discrete):
             n = int(space.n)
@@ -175,11 +193,18 @@ class NoisyAdvisor(Advisor):
             wrong = np.flatnonzero(~best)
             if wrong.size == 0:  # the base says every action is equally good: nothing is "wrong"
                 return advice
+            if self.mode == "adversarial":
+                # systematic: the next action after the base's first choice (cyclically) that it does not rank
+                # first, the same for every view, like a VLM that always confuses two labels
+                first = int(np.flatnonzero(best)[0])
+                choice = int(wrong[np.argmin((wrong - first) % n)])
+            else:
+                choice = int(rng.choice(wrong))
             probs_out = np.full(n, floor)
-            probs_out[self.rng.choice(wrong)] = 1.0 - floor * (n - 1)
+            probs_out[choice] = 1.0 - floor * (n - 1)
             return Advice(probs=probs_out.astype(np.float32), source=source, raw=advice.raw)
         assert isinstance(space, spaces.Box)
         if self.mode == "adversarial" and advice.action is not None:
             action = (space.low + space.high - np.asarray(advice.action, dtype=np.float32)).astype(np.float32)
             return Advice(action=np.clip(action, space.low, space.high), source=source, raw=advice.raw)
-        return _random_answer(space, self.rng, source)
+        return _random_answer(space, rng, source)

@@ -20,6 +20,12 @@ from sb3_vlm.advice import advice_batch_from_infos, pending_in_infos
 from sb3_vlm.buffers import AdvisedDictRolloutBuffer, AdvisedRolloutBuffer
 from sb3_vlm.guidance.distill import advised_action_nll, kl_distill_loss, teacher_agreement, teacher_targets
 from sb3_vlm.guidance.schedules import CoefSchedule, as_coef_schedule
+from sb3_vlm.guidance.trust import TrustEstimator, TrustSettings, followed_continuous, followed_discrete, row_gate
+
+#: the default λ of GuidedPPO / GuidedA2C: the *most* weight the teacher gets, reached only once the run's evidence
+#: has raised the trust τ to 1 (λ · τ starts at 0.04). Chosen by measurement (README, "Trust that adapts"): λ = 1
+#: was faster with a good teacher but let an adversarial one be copied before any reward could expose it
+DEFAULT_TEACHER_COEF = 0.2
 
 
 def evaluate_actions_with_distribution(
@@ -53,9 +59,13 @@ class GuidedOnPolicyMixin:
       ``−λ · log π_θ(a_v|s)`` for Box actions;
     - with non-blocking advice, waits once the rollout is collected (at most ``advice_wait`` seconds) for the answers
       still missing; rows whose answer misses the deadline stay masked;
-    - logs ``train/distill_loss``, ``train/teacher_coef``, ``train/advice_valid_frac``, ``train/teacher_agreement``
-      and, with non-blocking advice, ``train/advice_late`` / ``train/advice_missed`` (answers that arrived after
-      their step / after the deadline, in the last rollout).
+    - with ``trust`` (default), weighs the term by an adaptive trust τ and a per-state gate computed from each
+      rollout's own advantages (:mod:`sb3_vlm.guidance.trust`);
+    - logs ``train/distill_loss``, ``train/teacher_coef`` (the effective ``λ · τ``), ``train/teacher_trust``,
+      ``train/trust_evidence``, ``train/advice_followed_frac``, ``train/advice_gated_frac``,
+      ``train/advice_valid_frac``, ``train/teacher_agreement`` and, with non-blocking advice,
+      ``train/advice_late`` / ``train/advice_missed`` (answers that arrived after their step / after the deadline,
+      in the last rollout).
     """
 
     # provided by the SB3 base class
@@ -76,9 +86,16 @@ class GuidedOnPolicyMixin:
     advice_wait: float
     _n_guided_updates: int
     guidance_enabled: bool
+    trust: TrustSettings | None
+    trust_estimator: TrustEstimator | None
 
     def _init_guidance(
-        self, teacher_coef: float | CoefSchedule, teacher_target: str, advice_key: str, advice_wait: float
+        self,
+        teacher_coef: float | CoefSchedule,
+        teacher_target: str,
+        advice_key: str,
+        advice_wait: float,
+        trust: bool | TrustSettings = True,
     ) -> None:
         if teacher_target not in ("soft", "hard"):
             raise ValueError(f"teacher_target must be 'soft' or 'hard', got {teacher_target!r}")
@@ -92,6 +109,11 @@ class GuidedOnPolicyMixin:
         self.teacher_target = teacher_target
         self.advice_key = advice_key
         self._n_guided_updates = 0
+        if not isinstance(trust, (bool, TrustSettings)):
+            raise TypeError(f"trust must be a bool or a TrustSettings, got {type(trust).__name__}")
+        self.trust = TrustSettings() if trust is True else trust or None
+        self.trust_estimator = TrustEstimator(self.trust) if self.trust is not None else None
+        self._trust_stats: dict[str, float] = {}
         #: set False to hold the distillation term off (COVR's cold start before the first fine-tuning rounds)
         self.guidance_enabled = True
         self._seen_advice = False
@@ -112,11 +134,16 @@ class GuidedOnPolicyMixin:
             )
 
     @property
+    def teacher_trust(self) -> float:
+        """τ, the trust in the teacher (1.0 without adaptive trust: LVLM2P's fixed λ)."""
+        return self.trust_estimator.trust if self.trust_estimator is not None else 1.0
+
+    @property
     def current_teacher_coef(self) -> float:
         if not self.guidance_enabled:
             return 0.0
         schedule = as_coef_schedule(self.teacher_coef)
-        return float(schedule(self._n_guided_updates, self._current_progress_remaining))
+        return float(schedule(self._n_guided_updates, self._current_progress_remaining)) * self.teacher_trust
 
     def collect_rollouts(
         self,
@@ -219,6 +246,7 @@ class GuidedOnPolicyMixin:
             values = algo.policy.predict_values(obs_as_tensor(new_obs, algo.device))  # type: ignore[arg-type]
 
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        self._update_trust(rollout_buffer)  # sb3-vlm: the rollout's evidence about the advice
 
         callback.update_locals(locals())
 
@@ -226,6 +254,66 @@ class GuidedOnPolicyMixin:
 
         self._warn_if_no_advice()
         return True
+
+    def _update_trust(self, rollout_buffer: RolloutBuffer) -> None:
+        """
+        Move τ by the rollout's evidence (Welch's t of the advantages of rows that followed the advice against the
+        others) and set each row's distillation weight (0 where its own advantage contradicts the advice).
+        """
+        buf: Any = rollout_buffer
+        if self.trust is None or self.trust_estimator is None:
+            return
+        valid = buf.advice_valid.reshape(-1)
+        if not (valid > 0).any():
+            self._trust_stats = {}
+            return
+        advantages = buf.advantages.reshape(-1)
+        targets = buf.advice_targets.reshape(valid.size, -1)
+        if isinstance(self.action_space, spaces.Discrete):
+            followed, informative = followed_discrete(buf.actions.reshape(-1), targets, valid)
+            # p_t = π(a_v|s_t) of the teacher's top action, from the collecting policy (train() has not run yet)
+            probs = self._policy_outputs(buf, lambda dist: dist.distribution.probs)
+            follow_prob: np.ndarray | float = probs[np.arange(valid.size), targets.argmax(axis=1)]
+        else:
+            actions = buf.actions.reshape(valid.size, -1)
+            means = self._policy_outputs(buf, lambda dist: dist.mode())
+            followed, informative = followed_continuous(actions, means, self._advice_in_action_units(targets), valid)
+            follow_prob = 0.5
+        self.trust_estimator.observe(advantages, followed, informative, follow_prob)
+        weight = row_gate(advantages, followed, informative, valid, self.trust.row_margin)
+        buf.advice_weight = weight.reshape(buf.advice_valid.shape)
+        n_informative = max(int(informative.sum()), 1)
+        self._trust_stats = {
+            "trust_evidence": self.trust_estimator.last_evidence,
+            "advice_followed_frac": float(followed.sum()) / n_informative,
+            "advice_gated_frac": float(((weight == 0) & (valid > 0)).sum()) / max(int((valid > 0).sum()), 1),
+        }
+
+    def _advice_in_action_units(self, targets: np.ndarray) -> np.ndarray:
+        """Box advice (env units) in the units of the stored actions: [-1, 1] when the policy squashes (gSDE)."""
+        if not self.policy.squash_output:
+            return targets
+        low, high = self.action_space.low, self.action_space.high  # type: ignore[attr-defined]
+        return 2.0 * (targets - low) / (high - low) - 1.0
+
+    def _policy_outputs(self, buf: Any, fn: Any, chunk: int = 4096) -> np.ndarray:
+        """``fn(distribution)`` of the collecting policy for every row of the rollout, as (rows, k) (train() has not
+        changed the policy yet, so this is the policy that acted)."""
+        obs = buf.observations
+        n = buf.buffer_size * buf.n_envs
+
+        def rows(i: int) -> Any:
+            if isinstance(obs, dict):
+                return {k: v.reshape(n, *v.shape[2:])[i : i + chunk] for k, v in obs.items()}
+            return obs.reshape(n, *obs.shape[2:])[i : i + chunk]
+
+        out = []
+        with th.no_grad():
+            for i in range(0, n, chunk):
+                dist = self.policy.get_distribution(obs_as_tensor(rows(i), self.policy.device))
+                values = fn(dist).cpu().numpy()
+                out.append(values.reshape(values.shape[0], -1))
+        return np.concatenate(out)
 
     def _warn_if_advice_missed(self, rollout_buffer: RolloutBuffer) -> None:
         rows = rollout_buffer.buffer_size * rollout_buffer.n_envs
@@ -248,10 +336,15 @@ class GuidedOnPolicyMixin:
             )
 
     def _distill_loss(
-        self, distribution: Distribution, advice_targets: th.Tensor, advice_valid: th.Tensor
+        self,
+        distribution: Distribution,
+        advice_targets: th.Tensor,
+        advice_valid: th.Tensor,
+        advice_weight: th.Tensor | None = None,
     ) -> tuple[th.Tensor, th.Tensor]:
         """
-        The distillation term (without λ) and the teacher agreement of one minibatch.
+        The distillation term (without λ) and the teacher agreement of one minibatch; ``advice_weight`` are the
+        rows' weights (the trust's per-state gate).
 
         Discrete: ``D_KL(target ‖ π_θ(·|s))`` with ``target`` the soft teacher probabilities or their one-hot argmax.
         Box: ``−log π_θ(a_v|s)`` of the advised action (in env units, as PPO's Gaussian is).
@@ -259,7 +352,7 @@ class GuidedOnPolicyMixin:
         if isinstance(self.action_space, spaces.Discrete):
             log_probs = distribution.distribution.logits  # type: ignore[union-attr]  # normalised log-probs
             targets = teacher_targets(advice_targets, self.teacher_target)
-            return kl_distill_loss(targets, log_probs, advice_valid), teacher_agreement(
+            return kl_distill_loss(targets, log_probs, advice_valid, advice_weight), teacher_agreement(
                 advice_targets, log_probs, advice_valid
             )
         assert isinstance(self.action_space, spaces.Box)
@@ -270,7 +363,7 @@ class GuidedOnPolicyMixin:
             advice_targets = 2.0 * (advice_targets - low) / (high - low) - 1.0
         advised_log_prob = distribution.log_prob(advice_targets)
         # agreement for continuous actions is not a meaningful count: report the fraction of valid rows instead
-        return advised_action_nll(advised_log_prob, advice_valid), advice_valid.float().mean()
+        return advised_action_nll(advised_log_prob, advice_valid, advice_weight), advice_valid.float().mean()
 
     def _record_guidance(self, distill_losses: list[float], agreements: list[float], coef: float) -> None:
         valid = self.rollout_buffer.advice_valid  # type: ignore[attr-defined]
@@ -278,6 +371,10 @@ class GuidedOnPolicyMixin:
         self.logger.record("train/teacher_coef", coef)
         self.logger.record("train/advice_valid_frac", float(np.mean(valid)))
         self.logger.record("train/teacher_agreement", float(np.mean(agreements)) if agreements else 0.0)
+        if self.trust is not None:
+            self.logger.record("train/teacher_trust", self.teacher_trust)
+            for key, value in self._trust_stats.items():
+                self.logger.record(f"train/{key}", value)
         if self._advice_late or self._advice_missed:
             self.logger.record("train/advice_late", self._advice_late)
             self.logger.record("train/advice_missed", self._advice_missed)

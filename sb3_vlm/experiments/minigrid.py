@@ -114,18 +114,27 @@ def build_model(
     guided: bool,
     seed: int,
     reliability: float = 0.8,
-    teacher_coef: float | CoefSchedule = 0.01,
+    teacher_coef: float | CoefSchedule | None = None,
     cache: AdviceCache | None = None,
     student_obs: str = STUDENT_OBS,
+    advisor: Advisor | None = None,
+    guided_kwargs: dict[str, Any] | None = None,
 ) -> BaseAlgorithm:
-    """Build a seeded (Guided)PPO / (Guided)A2C on ``N_ENVS`` copies of a MiniGrid task."""
+    """
+    Build a seeded (Guided)PPO / (Guided)A2C on ``N_ENVS`` copies of a MiniGrid task.
+
+    :param advisor: the teacher (default: the oracle made ``reliability`` reliable)
+    :param teacher_coef: the guided algorithm's λ; None: its own default
+    :param guided_kwargs: extra arguments of the guided algorithm (``teacher_coef`` is passed on its own)
+    """
     env_kwargs: dict[str, Any] = dict(env_id=env_id, student_obs=student_obs)
     wrapper_class = None
     wrapper_kwargs = None
     if guided:
         wrapper_class = VLMAdviceWrapper
         wrapper_kwargs = dict(
-            advisor=make_advisor(reliability, seed), cache=cache if cache is not None else AdviceCache()
+            advisor=advisor if advisor is not None else make_advisor(reliability, seed),
+            cache=cache if cache is not None else AdviceCache(),
         )
     vec_env = make_vec_env(
         make_minigrid_env,  # type: ignore[arg-type]
@@ -136,13 +145,16 @@ def build_model(
         wrapper_kwargs=wrapper_kwargs,
     )
     policy = "MlpPolicy" if student_obs.startswith("symbolic") else "CnnPolicy"
+    extra = dict(guided_kwargs or {})
+    if teacher_coef is not None:
+        extra["teacher_coef"] = teacher_coef
     if algo == "ppo":
         if guided:
-            return GuidedPPO(policy, vec_env, teacher_coef=teacher_coef, seed=seed, device="cpu", **PPO_KWARGS)
+            return GuidedPPO(policy, vec_env, seed=seed, device="cpu", **PPO_KWARGS, **extra)
         return PPO(policy, vec_env, seed=seed, device="cpu", **PPO_KWARGS)
     if algo == "a2c":
         if guided:
-            return GuidedA2C(policy, vec_env, teacher_coef=teacher_coef, seed=seed, device="cpu", **A2C_KWARGS)
+            return GuidedA2C(policy, vec_env, seed=seed, device="cpu", **A2C_KWARGS, **extra)
         return A2C(policy, vec_env, seed=seed, device="cpu", **A2C_KWARGS)
     raise ValueError(f"algo must be 'ppo' or 'a2c', got {algo!r}")
 
@@ -162,7 +174,7 @@ def run(
     seed: int,
     total_timesteps: int,
     reliability: float = 0.8,
-    teacher_coef: float | CoefSchedule = 0.01,
+    teacher_coef: float | CoefSchedule | None = None,
     threshold: float = 0.9,
     eval_episodes: int = 50,
     progress_bar: bool = False,

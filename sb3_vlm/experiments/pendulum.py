@@ -23,7 +23,10 @@ SAC_KWARGS: dict[str, Any] = dict(
 )
 ADVISORS = ("oracle", "noisy0.5", "worst")
 #: benchmark labels that are a method plus non-default arguments
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"erpv_cv": ("erpv", dict(vpg_reference="advice"))}
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "erpv_minmax": ("erpv", dict(vpg_gate="minmax")),  # the paper's gate (ERPv's default is the advantage gate)
+    "erpv_cv": ("erpv", dict(vpg_gate="minmax", vpg_reference="advice")),
+}
 THRESHOLD = -200.0
 
 

@@ -12,12 +12,15 @@ from sb3_vlm.guidance.schedules import (
     LinearDecayCoef,
     as_coef_schedule,
 )
+from sb3_vlm.guidance.trust import TrustEstimator, TrustSettings
 
 __all__ = [
     "CoefSchedule",
     "ConstantCoef",
     "KickstartingCoef",
     "LinearDecayCoef",
+    "TrustEstimator",
+    "TrustSettings",
     "advised_action_nll",
     "as_coef_schedule",
     "kl_distill_loss",

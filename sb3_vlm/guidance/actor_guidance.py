@@ -52,6 +52,64 @@ def value_aware_factor(q_r: th.Tensor, q_v: th.Tensor, valid: th.Tensor) -> th.T
         return th.where(_rows(valid), (s_v - s_r).clamp(min=0.0), th.zeros_like(s_r))
 
 
+def advice_advantage(q_advice: th.Tensor, q_policy: th.Tensor, valid: th.Tensor) -> th.Tensor:
+    """
+    Per-state advantage of the advice over the policy's own action under *one* critic,
+    ``d_i = Q(s_i, a_v,i) − Q(s_i, a_π,i)``, without gradient; 0 on invalid rows. Judging both actions with the same
+    critic makes the sign meaningful whatever the reward's sign and scale (ERPv's ``scale(Q_v) − scale(Q_r)`` compares
+    two critics, which an untrained C_R wins wherever rewards are negative).
+
+    :param q_advice: (batch,) or (batch, 1) ``Q(s, a_v)``
+    :param q_policy: same shape, ``Q(s, a_π)``
+    :param valid: (batch,) row mask
+    :return: (batch,) advantage
+    """
+    with th.no_grad():
+        d = q_advice.detach().reshape(-1) - q_policy.detach().reshape(-1)
+        return th.where(_rows(valid), d, th.zeros_like(d))
+
+
+def running_advantage_scale(
+    scale: float | None, advantage: th.Tensor, valid: th.Tensor, rate: float = 0.01
+) -> float | None:
+    """
+    ``σ ← (1 − rate) σ + rate · mean_i |d_i|`` over the valid rows; the first batch with valid rows sets ``σ``, a batch
+    without any leaves it unchanged. A running scale, not the batch's: one batch's spread no longer decides how much
+    of it passes the gate (a batch min-max makes Q_f tiny wherever one row has a large advantage).
+
+    :param scale: the current ``σ`` (None before the first valid batch)
+    :param advantage: (batch,) ``d`` of :func:`advice_advantage`
+    :param valid: (batch,) row mask
+    :param rate: EMA rate
+    :return: the new ``σ``
+    """
+    rows = _rows(valid)
+    if not bool(rows.any()):
+        return scale
+    batch_scale = float(advantage.detach().reshape(-1)[rows].abs().mean())
+    return batch_scale if scale is None else (1.0 - rate) * scale + rate * batch_scale
+
+
+def advantage_gate(advantage: th.Tensor, valid: th.Tensor, scale: float | None, eps: float = 1e-8) -> th.Tensor:
+    """
+    The scale-free Q-filter ``Q_f,i = clip(d_i / (σ + eps), 0, 1)`` on valid rows, 0 elsewhere, without gradient:
+    Nair et al. 2018's Q-filter (imitate only where the critic prefers the demonstrated action) with a soft weight,
+    rising from 0 at ``d = 0`` to 1 at an advantage of one running scale ``σ`` (:func:`running_advantage_scale`).
+    Multiplying all Q values by a constant multiplies ``d`` and ``σ`` alike and leaves Q_f unchanged.
+
+    :param advantage: (batch,) ``d`` of :func:`advice_advantage`
+    :param valid: (batch,) row mask
+    :param scale: ``σ`` (None: no valid row seen yet, the gate is shut)
+    :return: (batch,) tensor in [0, 1]
+    """
+    with th.no_grad():
+        d = advantage.detach().reshape(-1)
+        if scale is None:
+            return th.zeros_like(d)
+        q_f = (d / (scale + eps)).clamp(0.0, 1.0)
+        return th.where(_rows(valid), q_f, th.zeros_like(q_f))
+
+
 def weighted_action_mse(
     advice_actions: th.Tensor, actions: th.Tensor, valid: th.Tensor, weights: th.Tensor | None = None
 ) -> th.Tensor:
@@ -86,6 +144,15 @@ def bc_gate(
     with th.no_grad():
         rms = ((advice_actions - greedy_actions) ** 2).mean(dim=1).sqrt()
         return ((rms > threshold) & _rows(valid)).to(advice_actions.dtype)
+
+
+def value_gate(advantage: th.Tensor, valid: th.Tensor) -> th.Tensor:
+    """
+    1.0 on valid rows where following the advice raises value under the critic (``d = Q(s, a_v) − Q(s, a_π) > 0``),
+    else 0.0; without gradient. Closes VARL's BC gate where the teacher is wrong by the agent's own estimate.
+    """
+    with th.no_grad():
+        return ((advantage.detach().reshape(-1) > 0) & _rows(valid)).to(advantage.dtype)
 
 
 def gated_bc_loss(per_row_loss: th.Tensor, gate: th.Tensor, valid: th.Tensor) -> th.Tensor:
@@ -143,6 +210,15 @@ def alpha_target(confidence: th.Tensor, mode: Literal["decreasing", "paper"] = "
         raise ValueError(f"mode must be 'decreasing' or 'paper', got {mode!r}")
 
 
-def alpha_regulariser(alpha: th.Tensor, target: th.Tensor, valid: th.Tensor) -> th.Tensor:
-    """ERPv eq. 7's ``E[(α − ᾱ)²]`` over valid rows; the gradient reaches α only (ᾱ is detached)."""
-    return masked_mean((alpha.reshape(()) - target.detach().reshape(-1)) ** 2, valid.reshape(-1))
+def alpha_regulariser(
+    alpha: th.Tensor, target: th.Tensor, valid: th.Tensor, weights: th.Tensor | None = None
+) -> th.Tensor:
+    """
+    ERPv eq. 7's ``E[(α − ᾱ)²]`` over valid rows, each row optionally weighted (``mean_i w_i (α − ᾱ_i)²``, e.g. by
+    Q_f so that advice the critic does not trust cannot hold α at its target: ERPv appendix F.2's trap). The
+    gradient reaches α only (ᾱ and the weights are constants).
+    """
+    sq = (alpha.reshape(()) - target.detach().reshape(-1)) ** 2
+    if weights is not None:
+        sq = weights.detach().reshape(-1) * sq
+    return masked_mean(sq, valid.reshape(-1))

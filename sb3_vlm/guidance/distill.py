@@ -31,7 +31,9 @@ def teacher_targets(teacher_probs: th.Tensor, target: str = "soft") -> th.Tensor
     raise ValueError(f"target must be 'soft' or 'hard', got {target!r}")
 
 
-def kl_distill_loss(teacher_probs: th.Tensor, student_log_probs: th.Tensor, valid: th.Tensor) -> th.Tensor:
+def kl_distill_loss(
+    teacher_probs: th.Tensor, student_log_probs: th.Tensor, valid: th.Tensor, weights: th.Tensor | None = None
+) -> th.Tensor:
     """
     LVLM2P eq. 1's distillation term ``D_KL(π_T(·|o) ‖ π_θ(·|s))``, averaged over valid rows.
 
@@ -41,22 +43,29 @@ def kl_distill_loss(teacher_probs: th.Tensor, student_log_probs: th.Tensor, vali
     :param teacher_probs: (batch, n_actions) teacher distribution (no gradient)
     :param student_log_probs: (batch, n_actions) ``log π_θ(a|s)``
     :param valid: (batch,) 1 where the row has advice, 0 where it is masked out
+    :param weights: (batch,) per-row weights (the trust's per-state gate), constants; None for 1. The mean stays
+        over *all* valid rows, so gated-off rows lower the term instead of renormalising it onto the others
     :return: scalar loss; zero when no row is valid
     """
     p = teacher_probs.detach()
     per_row = (th.xlogy(p, p) - p * student_log_probs).sum(dim=-1)
-    return masked_mean(per_row, valid)
+    return masked_mean(_weighted(per_row, weights), valid)
 
 
-def advised_action_nll(advised_log_prob: th.Tensor, valid: th.Tensor) -> th.Tensor:
+def _weighted(per_row: th.Tensor, weights: th.Tensor | None) -> th.Tensor:
+    return per_row if weights is None else weights.detach().reshape(per_row.shape) * per_row
+
+
+def advised_action_nll(advised_log_prob: th.Tensor, valid: th.Tensor, weights: th.Tensor | None = None) -> th.Tensor:
     """
     Continuous-action counterpart of the KL term: ``−log π_θ(a_v|s)`` for the advised action ``a_v`` (the KL to
     a point-mass teacher, up to a constant), averaged over valid rows.
 
     :param advised_log_prob: (batch,) ``log π_θ(a_v|s)``
     :param valid: (batch,) validity mask
+    :param weights: (batch,) per-row weights, as in :func:`kl_distill_loss`
     """
-    return masked_mean(-advised_log_prob, valid)
+    return masked_mean(_weighted(-advised_log_prob, weights), valid)
 
 
 def teacher_agreement(teacher_probs: th.Tensor, student_log_probs: th.Tensor, valid: th.Tensor) -> th.Tensor:

@@ -15,8 +15,9 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from sb3_vlm.advice import ADVICE_INFO_KEY
-from sb3_vlm.common.on_policy import GuidedOnPolicyMixin, evaluate_actions_with_distribution
+from sb3_vlm.common.on_policy import DEFAULT_TEACHER_COEF, GuidedOnPolicyMixin, evaluate_actions_with_distribution
 from sb3_vlm.guidance.schedules import CoefSchedule
+from sb3_vlm.guidance.trust import TrustSettings
 
 SelfGuidedPPO = TypeVar("SelfGuidedPPO", bound="GuidedPPO")
 
@@ -33,9 +34,14 @@ class GuidedPPO(GuidedOnPolicyMixin, PPO):
 
     All PPO arguments are those of :class:`stable_baselines3.PPO`. Extra arguments:
 
-    :param teacher_coef: λ, a float or a :class:`~sb3_vlm.guidance.CoefSchedule` of the number of updates
-        (default 0.01, the best value of LVLM2P's ablation, Fig. 4 right; use
-        :class:`~sb3_vlm.guidance.KickstartingCoef` to fade out a teacher that may be wrong)
+    :param teacher_coef: λ, the most weight the teacher gets: a float or a :class:`~sb3_vlm.guidance.CoefSchedule`
+        of the number of updates. With ``trust`` the term's weight is ``λ · τ``, τ ∈ [0, 1] the trust the run's own
+        evidence puts in the teacher (starting at 0.2), so λ is reached only by a teacher whose advice is shown to
+        pay (default 0.2, measured with trust on; LVLM2P's fixed λ is 0.01: ``trust=False, teacher_coef=0.01``)
+    :param trust: adaptive trust (:mod:`sb3_vlm.guidance.trust`): ``True`` (default settings), a
+        :class:`~sb3_vlm.guidance.TrustSettings`, or ``False`` for LVLM2P's fixed λ. After each rollout, τ moves by
+        the t statistic of an importance-weighted contrast of GAE advantages between steps that took the advised
+        action and steps that did not, and rows whose own advantage contradicts the advice drop out of the term
     :param teacher_target: ``"soft"`` distils the teacher's probabilities (LVLM2P), ``"hard"`` their one-hot argmax
         (the paper's ablation). Ignored for Box action spaces, which use ``−log π_θ(a_v|s)`` of the advised action.
     :param advice_key: info key the advice wrapper writes (default ``"vlm_advice"``)
@@ -67,7 +73,8 @@ class GuidedPPO(GuidedOnPolicyMixin, PPO):
         rollout_buffer_class: type[RolloutBuffer] | None = None,
         rollout_buffer_kwargs: dict[str, Any] | None = None,
         target_kl: float | None = None,
-        teacher_coef: float | CoefSchedule = 0.01,
+        teacher_coef: float | CoefSchedule = DEFAULT_TEACHER_COEF,
+        trust: bool | TrustSettings = True,
         teacher_target: str = "soft",
         advice_key: str = ADVICE_INFO_KEY,
         advice_wait: float = 0.0,
@@ -79,7 +86,7 @@ class GuidedPPO(GuidedOnPolicyMixin, PPO):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        self._init_guidance(teacher_coef, teacher_target, advice_key, advice_wait)
+        self._init_guidance(teacher_coef, teacher_target, advice_key, advice_wait, trust)
         super().__init__(
             policy,
             env,
@@ -195,6 +202,7 @@ class GuidedPPO(GuidedOnPolicyMixin, PPO):
                     distribution,
                     rollout_data.advice_targets,  # type: ignore[attr-defined]
                     rollout_data.advice_valid,  # type: ignore[attr-defined]
+                    rollout_data.advice_weight,  # type: ignore[attr-defined]
                 )
                 distill_losses.append(distill_loss.item())
                 agreements.append(agreement.item())

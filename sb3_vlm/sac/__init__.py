@@ -3,6 +3,7 @@ from stable_baselines3.sac.policies import CnnPolicy, MlpPolicy, MultiInputPolic
 from sb3_vlm.sac.advice_critic import pretrain_advice_critic
 from sb3_vlm.sac.exploration import RandomAlternatingExploration
 from sb3_vlm.sac.guided_sac import METHOD_PRESETS, GuidedSAC
+from sb3_vlm.sac.terms import VERSettings
 
 __all__ = [
     "METHOD_PRESETS",
@@ -11,5 +12,6 @@ __all__ = [
     "MlpPolicy",
     "MultiInputPolicy",
     "RandomAlternatingExploration",
+    "VERSettings",
     "pretrain_advice_critic",
 ]

@@ -18,21 +18,25 @@ from torch.nn import functional as F
 
 from sb3_vlm.advice import ADVICE_INFO_KEY, advice_to_target
 from sb3_vlm.buffers import AdvisedDictReplayBuffer, AdvisedReplayBuffer, AdvisedReplayBufferSamples
-from sb3_vlm.guidance.actor_guidance import (
-    action_confidence,
-    alpha_regulariser,
-    alpha_target,
-    bc_gate,
-    clip_for_log_prob,
-    gated_bc_loss,
-    gaussian_transition_loss,
-    value_aware_factor,
-    weighted_action_mse,
-)
+from sb3_vlm.guidance.actor_guidance import gaussian_transition_loss
 from sb3_vlm.guidance.schedules import CoefSchedule, LinearDecayCoef, as_coef_schedule
 from sb3_vlm.policies.advice_critic import AdviceCritic
 from sb3_vlm.policies.transition import TransitionModel
 from sb3_vlm.sac.exploration import RandomAlternatingExploration
+from sb3_vlm.sac.terms import (
+    ActionMSETerm,
+    AdvantageGate,
+    Gate,
+    GatedBCTerm,
+    GuidanceBatch,
+    GuidanceTerm,
+    MinMaxGate,
+    RandomGate,
+    VERSettings,
+    VERTerm,
+    VPGTerm,
+    ver_settings,
+)
 
 SelfGuidedSAC = TypeVar("SelfGuidedSAC", bound="GuidedSAC")
 
@@ -65,20 +69,27 @@ class GuidedSAC(SAC):
     Methods (``method=``), each a preset of the arguments below:
 
     - ``"erpv"``: ERPv (Xu et al., "Enhancing Visual RL with Partially Reliable Knowledge from VLMs"). VPG, eq. 3-4:
-      ``L_π + λ1 · mean_i Q_f,i ‖a_v,i − a_r,i‖²`` with ``Q_f = max(0, scale(Q_v) − scale(Q_r))``, Q_v from a frozen
-      advice critic C_V (:func:`~sb3_vlm.sac.pretrain_advice_critic`), Q_r from the RL critic; VER, eq. 5-7 and
-      12-14: a transition model T on the critic's features gives ``G = 1/‖s_{t+1} − T(s_t, a_v)‖²``, a target
-      ``ᾱ`` and the α loss ``L_α + λ2 (α − ᾱ)²``.
+      ``L_π + λ1 · mean_i Q_f,i ‖a_v,i − a_π,i‖²``; VER, eq. 5-7 and 12-14: a transition model T on the critic's
+      features gives ``G = 1/‖s_{t+1} − T(s_t, a_v)‖²``, a target ``ᾱ`` and the α loss
+      ``L_α + λ2 · mean_i Q_f,i (α − ᾱ_i)²``. The gate ``Q_f`` is by default the advantage gate
+      (:class:`~sb3_vlm.sac.terms.AdvantageGate`, a scale-free Q-filter after Nair et al. 2018):
+      ``Q_f = clip((Q(s, a_v) − Q(s, a_π)) / σ, 0, 1)`` with both actions judged by one critic (C_V if given, else
+      the RL critic) and σ a running mean of ``|Q(s, a_v) − Q(s, a_π)|``. It needs no pre-trained advice critic
+      and works for any reward sign and scale. ``vpg_gate="minmax"`` is the paper's
+      ``Q_f = max(0, scale(Q_v) − scale(Q_r))`` with Q_v from a frozen advice critic C_V
+      (:func:`~sb3_vlm.sac.pretrain_advice_critic`); the paper's VER is ``ver=VERSettings(gated=False)``.
     - ``"varl"``: VARL (arXiv 2509.21126): gated behaviour cloning ``−log π(a_v|s)`` where the policy's greedy action
-      is not already the advised one, removed after ``guidance_cutoff`` (N_s = 30k) steps.
+      is not already the advised one, removed after ``guidance_cutoff`` (N_s = 30k) steps; by default also only where
+      the critic rates the advice above the policy's action (``bc_value_gate``).
     - ``"covr"`` / ``"dpl"``: ``λ ‖a_v − a_r‖²`` with λ = 2 (COVR eq. 4; COVR's VLM fine-tuning is a callback).
     - ``"apl"``: the same with λ annealed 2 → −0.01 per 200 gradient steps → 0.1.
     - ``"rsf"``: ERPv with a random ``Q_f ~ U[0, 1]`` (ERPv's RSF baseline). ``"sac"``: no guidance.
 
-    ERPv's ablations (table 3): M1 ``guidance="none"``; M2 ``guidance="mse", guidance_coef=10`` (VPG without Q_f);
-    M3 ``ver=False``; M4 ``ver_confidence="action_mse"``; M5 ``ver_confidence="policy_action"``; M6
-    ``alpha_zero_after=50_000``; M7 ``ver_alpha_loss=False``; M8 ``ver_next_state="predicted"``; M9
-    ``advice_critic="rl"``.
+    ERPv's ablations (table 3), on top of the paper's gate (``vpg_gate="minmax"``, C_V): M1 ``guidance="none"``; M2
+    ``guidance="mse", guidance_coef=10`` (VPG without Q_f); M3 ``ver=False``; M4-M8 through
+    :class:`~sb3_vlm.sac.VERSettings`: M4 ``confidence="action_mse"``, M5 ``confidence="policy_action"``, M6
+    ``alpha_zero_after=50_000``, M7 ``alpha_loss=False``, M8 ``next_state="predicted"``; M9 ``vpg_gate="minmax",
+    advice_critic="rl"``.
 
     All SAC arguments are those of :class:`stable_baselines3.SAC`; ``n_steps > 1`` is not supported. Extra arguments
     (``None`` means the method's default):
@@ -90,27 +101,25 @@ class GuidedSAC(SAC):
         gradient steps
     :param guidance_cutoff: environment steps after which the guidance term is dropped (VARL's N_s). ``None``: the
         method's default (30k for VARL, never otherwise); ``0`` or negative: never
-    :param advice_critic: ERPv's C_V: an :class:`~sb3_vlm.policies.AdviceCritic`; ``"rl"`` uses the RL critic on
-        purpose (ablation M9); ``None`` falls back to the RL critic with a warning when VPG is used
-    :param vpg_reference: which critic scores the policy's own action for Q_f: ``"rl"`` (ERPv: ``Q_r = C_R(o, a_r)``)
-        or ``"advice"`` (``Q_r = C_V(o, a_r)``: both actions judged by the same critic). With ERPv's choice an
-        untrained C_R (≈ 0) looks better than a trained C_V wherever rewards are negative (e.g. Pendulum), which keeps
-        Q_f at 0 until C_R has learned the reward scale; ``"advice"`` avoids that mismatch
-    :param ver: VLM-guided entropy regularisation (needs ``ent_coef="auto"``)
-    :param ver_coef: λ2 of eq. 7
-    :param ver_alpha_target: ``"decreasing"`` (``ᾱ = sigmoid(−G)``, the behaviour ERPv describes) or ``"paper"``
-        (the printed ``sigmoid(G)``); see :func:`~sb3_vlm.guidance.actor_guidance.alpha_target`
-    :param ver_confidence: ``"transition"`` (eq. 6), ``"action_mse"`` (M4: ``G = 1/‖a_v − a_r‖²``) or
-        ``"policy_action"`` (M5: the policy's action in place of a_v)
-    :param ver_next_state: ``"observed"`` s_{t+1} (default) or ``"predicted"`` ``T(s_t, a_r)`` (M8)
-    :param ver_alpha_loss: keep SAC's own α loss next to the VER term (``False`` is M7)
-    :param alpha_zero_after: force α to 0 from this many environment steps on (M6); ``None``: never
-    :param transition_net_arch: hidden layers of the transition model (default ``[256]``, about ERPv's decoder
-        size)
+    :param advice_critic: ERPv's C_V: an :class:`~sb3_vlm.policies.AdviceCritic`, which then judges both actions in
+        the advantage gate (and the advised action in ``"minmax"``). Without one (``None`` or ``"rl"``) the RL critic
+        is used; with ``vpg_gate="minmax"`` that is ablation M9, and ``None`` warns (``"rl"`` is M9 on purpose)
+    :param vpg_gate: the gate ``Q_f`` of the VPG term and of VER: ``"advantage"`` (default, see above; a fresh
+        :class:`~sb3_vlm.sac.terms.AdvantageGate` instance sets its EMA rate, and its state is then this model's) or
+        ``"minmax"`` (ERPv's joint min-max). ``guidance="random_gate"`` replaces it by ``Q_f ~ U[0, 1]``
+    :param vpg_reference: ``"minmax"`` only: which critic scores the policy's own action: ``"rl"``
+        (ERPv: ``Q_r = C_R(o, a_r)``) or ``"advice"`` (``Q_r = C_V(o, a_r)``). With ERPv's choice an untrained C_R
+        (≈ 0) looks better than a trained C_V wherever rewards are negative (e.g. Pendulum), which keeps Q_f at 0 until
+        C_R has learned the reward scale
+    :param ver: VLM-guided entropy regularisation (needs ``ent_coef="auto"``): a
+        :class:`~sb3_vlm.sac.VERSettings`, ``True`` (default settings), ``False`` (off) or ``None`` (the method's
+        default: on for ERPv and RSF)
     :param bc_loss: gated BC as ``"nll"`` (``−log π(a_v|s)``, advised actions pulled inside the bounds by 1e-3) or
         ``"mse"`` (squared distance to the policy's mean action, defined at the bounds)
     :param bc_gate_threshold: RMS distance (in [-1, 1] action units) between the advised and the greedy action
         below which the policy "already agrees" and BC is off
+    :param bc_value_gate: gated BC also skips rows where the critic rates the advice no better than the policy's
+        action, ``Q(s, a_v) <= Q(s, a_π)`` (default on; ``False`` is VARL's gate)
     :param advice_batch: draw the guidance batch only from transitions that carry advice (VARL's small guidance
         buffer; useful when the advisor is queried rarely), instead of the SAC batch
     :param advice_warmup: during ``learning_starts``, act with the advised action where there is one, instead of
@@ -123,6 +132,9 @@ class GuidedSAC(SAC):
     advice_critic: AdviceCritic | None
     transition_model: TransitionModel | None
     transition_optimizer: th.optim.Optimizer | None
+    advice_gate: Gate
+    guidance_term: GuidanceTerm | None
+    ver_term: VERTerm | None
     replay_buffer: AdvisedReplayBuffer | AdvisedDictReplayBuffer  # type: ignore[assignment]
 
     def __init__(
@@ -153,17 +165,12 @@ class GuidedSAC(SAC):
         guidance_coef: float | CoefSchedule | None = None,
         guidance_cutoff: int | None = None,
         advice_critic: AdviceCritic | Literal["rl"] | None = None,
+        vpg_gate: Literal["advantage", "minmax"] | Gate = "advantage",
         vpg_reference: Literal["rl", "advice"] = "rl",
-        ver: bool | None = None,
-        ver_coef: float = 10.0,
-        ver_alpha_target: Literal["decreasing", "paper"] = "decreasing",
-        ver_confidence: Literal["transition", "action_mse", "policy_action"] = "transition",
-        ver_next_state: Literal["observed", "predicted"] = "observed",
-        ver_alpha_loss: bool = True,
-        alpha_zero_after: int | None = None,
-        transition_net_arch: list[int] | None = None,
+        ver: bool | VERSettings | None = None,
         bc_loss: Literal["nll", "mse"] = "nll",
         bc_gate_threshold: float = 0.1,
+        bc_value_gate: bool = True,
         advice_batch: bool | None = None,
         advice_warmup: bool = False,
         advice_exploration: RandomAlternatingExploration | None = None,
@@ -190,9 +197,6 @@ class GuidedSAC(SAC):
         if guidance_cutoff is None:
             guidance_cutoff = preset.get("guidance_cutoff")
         for name, value, allowed in (
-            ("ver_alpha_target", ver_alpha_target, ("decreasing", "paper")),
-            ("ver_confidence", ver_confidence, ("transition", "action_mse", "policy_action")),
-            ("ver_next_state", ver_next_state, ("observed", "predicted")),
             ("vpg_reference", vpg_reference, ("rl", "advice")),
             ("bc_loss", bc_loss, ("nll", "mse")),
         ):
@@ -200,6 +204,8 @@ class GuidedSAC(SAC):
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if advice_critic is not None and advice_critic != "rl" and not isinstance(advice_critic, AdviceCritic):
             raise TypeError(f"advice_critic must be an AdviceCritic, 'rl' or None, got {type(advice_critic).__name__}")
+        if not isinstance(vpg_gate, Gate) and vpg_gate not in ("advantage", "minmax"):
+            raise ValueError(f"vpg_gate must be 'advantage', 'minmax' or a Gate, got {vpg_gate!r}")
         if n_steps != 1:
             raise ValueError("GuidedSAC does not support n-step returns (n_steps > 1) yet")
 
@@ -208,16 +214,17 @@ class GuidedSAC(SAC):
         self.guidance_coef = guidance_coef
         self.guidance_cutoff = guidance_cutoff if guidance_cutoff is not None and guidance_cutoff > 0 else None
         self.vpg_reference = vpg_reference
-        self.ver = bool(preset["ver"] if ver is None else ver)
-        self.ver_coef = float(ver_coef)
-        self.ver_alpha_target = ver_alpha_target
-        self.ver_confidence = ver_confidence
-        self.ver_next_state = ver_next_state
-        self.ver_alpha_loss = ver_alpha_loss
-        self.alpha_zero_after = alpha_zero_after
-        self.transition_net_arch = transition_net_arch
+        # the gate is data, not a module: the zip saves it with its running state (the advantage scale σ)
+        if guidance == "random_gate":
+            self.advice_gate = RandomGate()
+        elif isinstance(vpg_gate, Gate):
+            self.advice_gate = vpg_gate
+        else:
+            self.advice_gate = AdvantageGate() if vpg_gate == "advantage" else MinMaxGate(vpg_reference)
+        self.ver = ver_settings(ver, preset["ver"])
         self.bc_loss = bc_loss
         self.bc_gate_threshold = float(bc_gate_threshold)
+        self.bc_value_gate = bool(bc_value_gate)
         self.advice_batch = bool(preset.get("advice_batch", False) if advice_batch is None else advice_batch)
         self.advice_warmup = advice_warmup
         self.advice_exploration = advice_exploration
@@ -230,6 +237,8 @@ class GuidedSAC(SAC):
         self.use_rl_critic_for_advice = advice_critic == "rl"
         self.transition_model = None
         self.transition_optimizer = None
+        self.guidance_term = None
+        self.ver_term = None
         self.n_advised_actions = 0
         self._advice_seen: bool | None = None
 
@@ -278,26 +287,46 @@ class GuidedSAC(SAC):
         self.replay_buffer_kwargs = {"advice_key": self.advice_key, **self.replay_buffer_kwargs}
         super()._setup_model()
 
-        if self.ver and self.log_ent_coef is None:
+        if self.ver is not None and self.log_ent_coef is None:
             raise ValueError("VER regularises a learned entropy coefficient: use ent_coef='auto' or pass ver=False")
         if self.advice_critic is None and self.advice_critic_kwargs is not None:
             # loading a saved model: rebuild C_V so set_parameters() can fill in its weights
             self.advice_critic = AdviceCritic(**self.advice_critic_kwargs)
         if self.advice_critic is not None:
             self.advice_critic = self.advice_critic.to(self.device).freeze()
-        elif self.guidance == "vpg" and not self.use_rl_critic_for_advice:
+        gate_used = self.guidance == "vpg" or (self.ver is not None and self.ver.gated)
+        m9_by_default = self.advice_critic is None and not self.use_rl_critic_for_advice
+        if isinstance(self.advice_gate, MinMaxGate) and gate_used and m9_by_default:
             warnings.warn(
-                "GuidedSAC(guidance='vpg') without an advice critic: Q_v comes from the RL critic (ERPv ablation M9). "
-                "Pre-train one with sb3_vlm.sac.pretrain_advice_critic(), or pass advice_critic='rl' to silence this.",
+                "GuidedSAC(vpg_gate='minmax') without an advice critic: Q_v comes from the RL critic (ERPv ablation "
+                "M9). Pre-train one with sb3_vlm.sac.pretrain_advice_critic(), pass advice_critic='rl' to silence "
+                "this, or use the default vpg_gate='advantage', which needs no advice critic.",
                 stacklevel=2,
             )
-        if self.ver:
+        if self.ver is not None:
             features_dim = self.critic.features_extractor.features_dim
             action_dim = int(np.prod(self.action_space.shape))  # type: ignore[arg-type]
-            self.transition_model = TransitionModel(features_dim, action_dim, self.transition_net_arch).to(self.device)
+            # T's initialisation draws from its own RNG stream: the policy's random numbers stay SAC's, so a run
+            # without advice is bit-identical to SAC
+            with th.random.fork_rng(devices=[]):
+                if self.seed is not None:
+                    th.manual_seed(self.seed + 1)
+                transition_model = TransitionModel(features_dim, action_dim, self.ver.transition_net_arch)
+            self.transition_model = transition_model.to(self.device)
             self.transition_optimizer = self.policy.optimizer_class(  # type: ignore[call-arg]
                 self.transition_model.parameters(), lr=self.lr_schedule(1), **self.policy.optimizer_kwargs
             )
+            self.ver_term = VERTerm(self.ver, self.transition_model, self.advice_gate)
+        self.guidance_term = self._make_guidance_term()
+
+    def _make_guidance_term(self) -> GuidanceTerm | None:
+        if self.guidance in ("vpg", "random_gate"):
+            return VPGTerm(self.advice_gate)
+        if self.guidance in ("mse", "annealed_mse"):
+            return ActionMSETerm()
+        if self.guidance == "gated_bc":
+            return GatedBCTerm(self.bc_gate_threshold, self.bc_loss, self.bc_value_gate)
+        return None
 
     # ------------------------------------------------------------------ acting
 
@@ -363,73 +392,62 @@ class GuidedSAC(SAC):
         with th.no_grad():
             return self.critic.extract_features(obs, self.critic.features_extractor)
 
-    def _advice_q(self, obs: PyTorchObs, advice_actions: th.Tensor) -> th.Tensor:
-        """Q_v = C_V(o, a_v) (ERPv §3.3 step 2), or the RL critic's when there is no C_V (M9)."""
-        if self.advice_critic is not None:
-            return self.advice_critic.q_value(obs, advice_actions)
+    def _min_q(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+        """The RL critic's ``min_k Q_k(obs, actions)``, (batch, 1), without gradient (the guidance gates' C_R)."""
         with th.no_grad():
-            return th.min(th.cat(self.critic(obs, advice_actions), dim=1), dim=1, keepdim=True)[0]
+            return th.min(th.cat(self.critic(obs, actions), dim=1), dim=1, keepdim=True)[0]
 
-    def _guidance_loss(
+    def _guidance_batch(
         self,
         obs: PyTorchObs,
         actions_pi: th.Tensor,
-        min_qf_pi: th.Tensor,
-        advice: th.Tensor,
-        valid: th.Tensor,
         dist_params: tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]],
-    ) -> tuple[th.Tensor, dict[str, float]]:
-        """The actor's guidance term on one batch; ``dist_params`` are π(·|obs)'s (mean, log_std, kwargs)."""
-        stats: dict[str, float] = {}
-        if self.guidance in ("vpg", "random_gate"):
-            if self.guidance == "vpg":
-                q_r = min_qf_pi if self.vpg_reference == "rl" else self._advice_q(obs, actions_pi.detach())
-                q_f = value_aware_factor(q_r, self._advice_q(obs, advice), valid)
-            else:  # RSF: Q_f ~ U[0, 1]
-                q_f = th.rand(valid.shape, device=valid.device) * (valid > 0)
-            n_valid = max(float((valid > 0).sum()), 1.0)
-            stats["q_f_mean"] = float(q_f.sum()) / n_valid
-            stats["q_f_active_frac"] = float(((q_f > 0) & (valid > 0)).sum()) / n_valid
-            return weighted_action_mse(advice, actions_pi, valid, q_f), stats
-        if self.guidance in ("mse", "annealed_mse"):
-            return weighted_action_mse(advice, actions_pi, valid), stats
-        assert self.guidance == "gated_bc"
-        # rebuilt from the parameters: SAC's target computation has since pointed action_dist at π(·|s')
-        mean_actions, log_std, dist_kwargs = dist_params
-        dist = self.actor.action_dist.proba_distribution(mean_actions, log_std, **dist_kwargs)
-        greedy = dist.mode()
-        gate = bc_gate(advice, greedy, valid, self.bc_gate_threshold)
-        if self.bc_loss == "nll":
-            per_row = -dist.log_prob(clip_for_log_prob(advice))
-        else:
-            per_row = ((advice - greedy) ** 2).sum(dim=1)
-        stats["bc_gate_frac"] = float(gate.sum()) / max(float((valid > 0).sum()), 1.0)
-        return gated_bc_loss(per_row, gate, valid), stats
+        advice_actions: th.Tensor,
+        valid: th.Tensor,
+    ) -> GuidanceBatch:
+        return GuidanceBatch(
+            obs,
+            actions_pi,
+            dist_params,
+            self.actor.action_dist,
+            advice_actions,
+            valid,
+            critic=self._min_q,
+            advice_critic=self.advice_critic.q_value if self.advice_critic is not None else None,
+        )
 
-    def _ver_alpha_target(
-        self, features: th.Tensor, next_features: th.Tensor, advice: th.Tensor, actions_pi: th.Tensor
-    ) -> th.Tensor:
-        """ᾱ per row (ERPv eq. 6, 14 and the target of eq. 7), with the M4/M5/M8 variants. No gradient."""
-        assert self.transition_model is not None
-        with th.no_grad():
-            if self.ver_confidence == "action_mse":  # M4
-                confidence = action_confidence(advice, actions_pi)
-            else:
-                compared = actions_pi if self.ver_confidence == "policy_action" else advice  # M5 / eq. 6
-                predicted, _ = self.transition_model(features, compared)
-                if self.ver_next_state == "predicted":  # M8
-                    reference, _ = self.transition_model(features, actions_pi)
-                else:
-                    reference = next_features
-                confidence = action_confidence(predicted, reference)
-            return alpha_target(confidence, self.ver_alpha_target)
+    def _advised_guidance_batch(self, batch_size: int) -> GuidanceBatch | None:
+        """A guidance batch of advised transitions only (VARL's guidance buffer); None while there is none."""
+        data = cast(
+            AdvisedReplayBufferSamples | None, self.replay_buffer.sample_advised(batch_size, self._vec_normalize_env)
+        )
+        if data is None:
+            return None
+        mean_actions, log_std, dist_kwargs = self.actor.get_action_dist_params(data.observations)
+        actions_pi, _ = self.actor.action_dist.log_prob_from_params(mean_actions, log_std, **dist_kwargs)
+        return self._guidance_batch(
+            data.observations, actions_pi, (mean_actions, log_std, dist_kwargs), data.advice_actions, data.advice_valid
+        )
+
+    def _train_transition_model(self, replay_data: AdvisedReplayBufferSamples) -> tuple[th.Tensor, th.Tensor, float]:
+        """One step of ERPv eq. 12 on the critic's (detached) features; returns them and the loss."""
+        assert self.transition_model is not None and self.transition_optimizer is not None
+        features = self._critic_features(replay_data.observations)
+        next_features = self._critic_features(replay_data.next_observations)
+        mu, log_sigma = self.transition_model(features, replay_data.actions)
+        transition_loss = gaussian_transition_loss(mu, log_sigma, next_features).mean()
+        self.transition_optimizer.zero_grad()
+        transition_loss.backward()
+        self.transition_optimizer.step()
+        return features, next_features, transition_loss.item()
 
     # ------------------------------------------------------------------ training
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         """
-        Adapted from ``SAC.train`` (SB3 2.x). Additions are marked ``sb3-vlm``: the transition model's update, the VER
-        term in the α loss, M6's α = 0, and the guidance term in the actor loss. The critic update is SB3's.
+        Adapted from ``SAC.train`` (SB3 2.x). Additions are marked ``sb3-vlm``: the transition model's update (ERPv
+        eq. 12), the VER term in the α loss (eq. 7), M6's α = 0, and the guidance term in the actor loss (ERPv eq. 4 /
+        COVR eq. 4 / VARL's gated BC), each a call to a term of :mod:`sb3_vlm.sac.terms`. The critic update is SB3's.
         """
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
@@ -448,12 +466,13 @@ class GuidedSAC(SAC):
         # sb3-vlm
         buffer = self.replay_buffer
         buffer.resolve_pending()  # rows whose non-blocking advice has arrived since the last phase get it now
-        guide = self.guidance_active
+        guide = self.guidance_active and self.guidance_term is not None
         coef = self.current_guidance_coef if guide else 0.0
         logs: dict[str, list[float]] = {}
 
-        def log(key: str, value: float) -> None:
-            logs.setdefault(key, []).append(value)
+        def log(**values: float) -> None:
+            for key, value in values.items():
+                logs.setdefault(key, []).append(value)
 
         for gradient_step in range(gradient_steps):
             # Sample replay buffer
@@ -462,33 +481,29 @@ class GuidedSAC(SAC):
             )
             # For n-step replay, discount factor is gamma**n_steps (when no early termination)
             discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-            valid = replay_data.advice_valid  # sb3-vlm
-            log("advice_valid_frac", float(valid.mean()))
 
             # We need to sample because `log_std` may have changed between two gradient steps
             if self.use_sde:
                 self.actor.reset_noise()
 
             # Action by the current actor for the sampled state
-            # sb3-vlm: SAC's actor.action_log_prob() in two steps, so action_dist keeps π(·|s) for gated BC
+            # sb3-vlm: SAC's actor.action_log_prob() in two steps, keeping π(·|s)'s parameters for the guidance terms
             mean_actions, log_std, dist_kwargs = self.actor.get_action_dist_params(replay_data.observations)
             actions_pi, log_prob = self.actor.action_dist.log_prob_from_params(mean_actions, log_std, **dist_kwargs)
             log_prob = log_prob.reshape(-1, 1)
 
-            # sb3-vlm: ERPv's transition model (eq. 12) on the critic's features, and VER's target ᾱ (eq. 6, 14)
-            alpha_tgt = None
-            if self.transition_model is not None and self.transition_optimizer is not None:
-                features = self._critic_features(replay_data.observations)
-                next_features = self._critic_features(replay_data.next_observations)
-                mu, log_sigma = self.transition_model(features, replay_data.actions)
-                transition_loss = gaussian_transition_loss(mu, log_sigma, next_features).mean()
-                self.transition_optimizer.zero_grad()
-                transition_loss.backward()
-                self.transition_optimizer.step()
-                log("transition_loss", transition_loss.item())
-                if bool((valid > 0).any()):
-                    alpha_tgt = self._ver_alpha_target(features, next_features, replay_data.advice_actions, actions_pi)
-                    log("alpha_target", float(alpha_tgt[valid > 0].mean()))
+            # sb3-vlm: what the terms read about this batch (VER and VPG share its Q_f); ERPv's transition model
+            batch = self._guidance_batch(
+                replay_data.observations,
+                actions_pi,
+                (mean_actions, log_std, dist_kwargs),
+                replay_data.advice_actions,
+                replay_data.advice_valid,
+            )
+            log(advice_valid_frac=float(replay_data.advice_valid.mean()))
+            if self.ver_term is not None:
+                features, next_features, transition_loss = self._train_transition_model(replay_data)
+                log(transition_loss=transition_loss)
 
             ent_coef_loss = None
             if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
@@ -498,15 +513,16 @@ class GuidedSAC(SAC):
                 ent_coef = th.exp(self.log_ent_coef.detach())
                 assert isinstance(self.target_entropy, float)
                 ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
-                # sb3-vlm: VER, ERPv eq. 7: L_α + λ2 E[(α − ᾱ)²] (M7 drops L_α)
-                if alpha_tgt is not None:
-                    ver_loss = alpha_regulariser(th.exp(self.log_ent_coef), alpha_tgt, valid)
-                    log("ver_loss", ver_loss.item())
-                    ent_coef_loss = (ent_coef_loss if self.ver_alpha_loss else 0.0) + self.ver_coef * ver_loss
+                # sb3-vlm: VER, ERPv eq. 7: L_α + λ2 mean_i Q_f,i (α − ᾱ_i)² (M7 drops L_α)
+                if self.ver_term is not None and batch.has_advice:
+                    ver_loss, ver_stats = self.ver_term.loss(batch, th.exp(self.log_ent_coef), features, next_features)
+                    log(ver_loss=ver_loss.item(), **ver_stats)
+                    ver = self.ver_term.settings
+                    ent_coef_loss = (ent_coef_loss if ver.alpha_loss else 0.0) + ver.coef * ver_loss
                 ent_coef_losses.append(ent_coef_loss.item())
             else:
                 ent_coef = self.ent_coef_tensor
-            if self.alpha_zero_after is not None and self.num_timesteps >= self.alpha_zero_after:  # sb3-vlm: M6
+            if self.ver is not None and self.num_timesteps >= (self.ver.alpha_zero_after or np.inf):  # sb3-vlm: M6
                 ent_coef = th.zeros_like(ent_coef)
 
             ent_coefs.append(ent_coef.item())
@@ -550,23 +566,15 @@ class GuidedSAC(SAC):
             min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)
             actor_loss = (ent_coef * log_prob - min_qf_pi).mean()
 
-            # sb3-vlm: the guidance term (ERPv eq. 4 / COVR eq. 4 / VARL), on the SAC batch or a batch of advised rows
+            # sb3-vlm: the guidance term, on the SAC batch or a batch of advised rows; nothing (not even a random
+            # draw) happens without advice, so such a run stays SAC's exactly
             if guide:
-                if self.advice_batch:
-                    g_loss, g_stats = self._advice_batch_guidance_loss(batch_size)
-                else:
-                    g_loss, g_stats = self._guidance_loss(
-                        replay_data.observations,
-                        actions_pi,
-                        min_qf_pi,
-                        replay_data.advice_actions,
-                        valid,
-                        (mean_actions, log_std, dist_kwargs),
-                    )
-                actor_loss = actor_loss + coef * g_loss
-                log("guidance_loss", g_loss.item())
-                for key, value in g_stats.items():
-                    log(key, value)
+                assert self.guidance_term is not None
+                g_batch = self._advised_guidance_batch(batch_size) if self.advice_batch else batch
+                if g_batch is not None and g_batch.has_advice:
+                    g_loss, g_stats = self.guidance_term.loss(g_batch)
+                    actor_loss = actor_loss + coef * g_loss
+                    log(guidance_loss=g_loss.item(), **g_stats)
             actor_losses.append(actor_loss.item())
 
             # Optimize the actor
@@ -597,33 +605,19 @@ class GuidedSAC(SAC):
         for key, values in logs.items():
             self.logger.record(f"train/{key}", float(np.mean(values)))
 
-    def _advice_batch_guidance_loss(self, batch_size: int) -> tuple[th.Tensor, dict[str, float]]:
-        """Guidance on a batch drawn from the advised transitions only (VARL's guidance buffer)."""
-        data = cast(
-            AdvisedReplayBufferSamples | None, self.replay_buffer.sample_advised(batch_size, self._vec_normalize_env)
-        )
-        if data is None:  # no advised transition yet
-            return th.zeros((), device=self.device), {}
-        mean_actions, log_std, dist_kwargs = self.actor.get_action_dist_params(data.observations)
-        actions_pi, _ = self.actor.action_dist.log_prob_from_params(mean_actions, log_std, **dist_kwargs)
-        min_qf_pi = th.zeros(0)
-        if self.guidance == "vpg":
-            with th.no_grad():
-                min_qf_pi = th.min(th.cat(self.critic(data.observations, actions_pi), dim=1), dim=1, keepdim=True)[0]
-        return self._guidance_loss(
-            data.observations,
-            actions_pi,
-            min_qf_pi,
-            data.advice_actions,
-            data.advice_valid,
-            (mean_actions, log_std, dist_kwargs),
-        )
-
     # ------------------------------------------------------------------ saving
 
     def _excluded_save_params(self) -> list[str]:
         # the modules are saved as state dicts below; the advisor lives in the env, which is never saved
-        return [*super()._excluded_save_params(), "advice_critic", "transition_model", "transition_optimizer"]
+        # the terms are rebuilt by _setup_model() around the saved gate (which holds the running state)
+        return [
+            *super()._excluded_save_params(),
+            "advice_critic",
+            "transition_model",
+            "transition_optimizer",
+            "guidance_term",
+            "ver_term",
+        ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts, saved_pytorch_variables = super()._get_torch_save_params()
