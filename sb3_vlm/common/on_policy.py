@@ -257,8 +257,9 @@ class GuidedOnPolicyMixin:
 
     def _update_trust(self, rollout_buffer: RolloutBuffer) -> None:
         """
-        Move τ by the rollout's evidence (Welch's t of the advantages of rows that followed the advice against the
-        others) and set each row's distillation weight (0 where its own advantage contradicts the advice).
+        Move τ by the rollout's evidence (the t statistic of the importance-weighted advice contrast of the GAE
+        advantages, :func:`~sb3_vlm.guidance.trust.advice_evidence`) and set each row's distillation weight (0 where
+        its own advantage contradicts the advice).
         """
         buf: Any = rollout_buffer
         if self.trust is None or self.trust_estimator is None:
