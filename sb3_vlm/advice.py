@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+
+logger = logging.getLogger(__name__)
 
 #: key under which :class:`~sb3_vlm.wrappers.VLMAdviceWrapper` puts the advice in a step's ``info``
 ADVICE_INFO_KEY = "vlm_advice"
@@ -37,7 +40,9 @@ class AdviceRequest:
     reads ``state`` never renders it).
 
     :param image: the teacher's view (H, W, C) uint8 RGB; may differ from the student's observation (LVLM2P
-        gives the VLM a fully observable render while the student sees its own partial view).
+        gives the VLM a fully observable render while the student sees its own partial view). A float image with
+        values in [0, 1] is sent as ``round(255 · image)``; other dtypes and ranges are refused when the image is
+        encoded (see :func:`image_as_uint8`).
     :param context: text fields a prompt template fills in (mission string, speed, yaw ...). JSON-serialisable.
         Part of the cache key.
     :param action_space: the action space the advice must live in.
@@ -148,6 +153,34 @@ class AdviceRequest:
             f"AdviceRequest(image={image}, context={self.context!r}, action_space={self.action_space!r}, "
             f"content_key={self.content_key!r})"
         )
+
+
+def image_as_uint8(image: np.ndarray) -> np.ndarray:
+    """
+    A teacher image as the uint8 array a backend encodes: uint8 as it is; floats in [0, 1] (float renderers,
+    ``ToTensor``-style pipelines) scaled by 255 and rounded; integers in [0, 255] cast. Anything else raises a
+    ``ValueError``: a plain cast would truncate or wrap it into a wrong picture (a float image in [0, 1] was sent as
+    an all-black PNG, issue 17).
+    """
+    array = np.asarray(image)
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind == "f":
+        if array.size and not (np.all(np.isfinite(array)) and array.min() >= 0.0 and array.max() <= 1.0):
+            low, high = float(np.nanmin(array)), float(np.nanmax(array))
+            raise ValueError(
+                f"A float teacher image must hold values in [0, 1] (it is sent as round(255 * image)), got values "
+                f"in [{low:g}, {high:g}]{' and NaN/inf' if not np.all(np.isfinite(array)) else ''}. Give a uint8 "
+                "image, e.g. image.astype(np.uint8) for floats in [0, 255]."
+            )
+        return np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
+    if array.dtype.kind in "iu":
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ValueError(
+                f"An integer teacher image must hold values in [0, 255], got [{array.min()}, {array.max()}]"
+            )
+        return array.astype(np.uint8)
+    raise ValueError(f"A teacher image must be uint8 (or float in [0, 1]), got dtype {array.dtype}")
 
 
 def _read_only(array: np.ndarray | None, copy: bool = True) -> np.ndarray | None:
@@ -295,20 +328,40 @@ def advice_target_dim(action_space: spaces.Space) -> int:
     )
 
 
+def _numeric(array: np.ndarray | None) -> bool:
+    """None, or an array of numbers (booleans, integers, floats): not strings, objects or complex numbers."""
+    return array is None or array.dtype.kind in "biuf"
+
+
+_warned_malformed = False
+
+
+def _warn_malformed(advice: Advice) -> None:
+    global _warned_malformed
+    if not _warned_malformed:
+        _warned_malformed = True
+        logger.warning("Advice from %r holds non-numeric arrays (action %r, probs %r): masked as invalid; further "
+                       "ones are masked silently", advice.source, advice.action, advice.probs)  # fmt: skip
+
+
 def advice_to_target(advice: Advice | None, action_space: spaces.Space) -> tuple[np.ndarray, bool]:
     """
     Convert one :class:`Advice` to the fixed-size row stored in an advised buffer.
 
     ``Discrete(n)``: the teacher distribution (a lone advised index becomes one-hot).
     ``Box``: the advised action in env units, clipped to the bounds.
-    Anything malformed (wrong shape, NaN/inf, negative or non-normalisable probabilities) gives an invalid row:
-    a bad answer must never become a silent wrong target.
+    Anything malformed (wrong shape, NaN/inf, negative or non-normalisable probabilities, non-numeric arrays such as a
+    string action ``np.asarray(["left"])``, logged once) gives an invalid row: a bad answer must never become a
+    silent wrong target, nor crash the buffer.
 
     :return: (target row, valid flag)
     """
     dim = advice_target_dim(action_space)
     empty = np.zeros(dim, dtype=np.float32)
     if advice is None or not advice.valid:
+        return empty, False
+    if not _numeric(advice.action) or not _numeric(advice.probs):
+        _warn_malformed(advice)
         return empty, False
     if isinstance(action_space, spaces.Discrete):
         if advice.probs is not None:

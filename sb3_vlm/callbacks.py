@@ -16,6 +16,7 @@ ADVISOR_KEYS = (
     "advisor/queries",
     "advisor/cache_hits",
     "advisor/cache_hit_rate",
+    "advisor/cache_corrupt",
     "advisor/mean_latency_s",
     "advisor/invalid",
     "advisor/errors",
@@ -76,12 +77,12 @@ def collect_advice_counters(env: VecEnv) -> dict[str, dict[str, float]]:
 class AdviceMetricsCallback(BaseCallback):
     """
     Log the advisors' counters under ``advisor/*`` (TensorBoard, CSV, stdout): queries, cache hits and hit rate,
-    mean latency, invalid answers, backend errors, parse failures, retries, HTTP errors, tokens, requests held
-    back by an open circuit breaker or a spent query budget and, with non-blocking advice, requests still being
-    answered (``pending``), identical requests in flight sent once (``deduplicated``) and requests refused by a
-    full queue (``overflow``), summed over the
-    training env's advisors (a shared advisor counts once). A key some other code already logged in the current
-    interval is left alone.
+    cached rows found corrupt and asked again (``cache_corrupt``), mean latency, invalid answers, backend errors,
+    parse failures, retries, HTTP errors, tokens, requests held back by an open circuit breaker or a spent query
+    budget and, with non-blocking advice, requests still being answered (``pending``), identical requests in flight
+    sent once (``deduplicated``) and requests refused by a full queue (``overflow``), summed over the training env's
+    advisors (a shared advisor counts once). A key some other code already logged in the current interval is left
+    alone.
 
     :param log_every: refresh the values at the end of a rollout once this many env steps have passed since the
         last refresh (0: every rollout; collecting them asks every env worker, so raise it for off-policy training
@@ -122,6 +123,7 @@ class AdviceMetricsCallback(BaseCallback):
             "advisor/queries": total["queries"],
             "advisor/cache_hits": total["cache_hits"],
             "advisor/cache_hit_rate": total["cache_hits"] / looked_up if looked_up else 0.0,
+            "advisor/cache_corrupt": total["cache_corrupt"],
             "advisor/mean_latency_s": total["total_latency"] / total["queries"] if total["queries"] else 0.0,
             "advisor/invalid": total["invalid"],
             "advisor/errors": total["errors"],

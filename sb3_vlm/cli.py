@@ -113,7 +113,9 @@ def _advise(args: argparse.Namespace) -> int:
         if args.save_image:
             from PIL import Image
 
-            Image.fromarray(request.image).save(args.save_image)
+            from sb3_vlm.advice import image_as_uint8
+
+            Image.fromarray(image_as_uint8(request.image)).save(args.save_image)
             console.print(f"image saved to {args.save_image}")
     advice = advisor.advise([request])[0]
     console.rule(f"answer from {advisor!r}")
@@ -209,19 +211,26 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from sb3_vlm.advisors.cache import AdviceCache
+    import sqlite3
 
-    if not Path(args.path).exists():
+    from sb3_vlm.advisors.cache import AdviceCache, NotACacheError
+
+    if not Path(args.path).is_file():
         print(f"no cache at {args.path}")
         return 1
-    cache = AdviceCache(args.path)
-    if args.action == "clear":
-        n = len(cache)
-        cache.clear()
-        cache.vacuum()
-        print(f"cleared {n} entries from {args.path}")
-        return 0
-    print(json.dumps(cache.summary(), indent=1))
+    try:
+        if args.action == "clear":
+            cache = AdviceCache(args.path)
+            n = len(cache)
+            cache.clear()
+            cache.vacuum()
+            print(f"cleared {n} entries from {args.path}")
+            return 0
+        # stats only reads: opened read-only, so that it creates and changes nothing (issue 17)
+        print(json.dumps(AdviceCache(args.path, read_only=True).summary(), indent=1))
+    except (NotACacheError, sqlite3.Error) as exc:
+        print(f"{args.path}: cannot read it as an advice cache: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -343,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sub.add_parser(
         "cache",
         help="show statistics of an advice cache or clear it",
-        description="An advice cache is the SQLite file given to --cache / VLMAdviceWrapper(cache=...). Example: "
-        "sb3-vlm cache stats advice.sqlite",
+        description="An advice cache is the SQLite file given to --cache / VLMAdviceWrapper(cache=...). `stats` only "
+        "reads it (nothing is created or changed); a file that is not an advice cache is refused and left untouched. "
+        "Example: sb3-vlm cache stats advice.sqlite",
     )
     cache.add_argument("action", choices=("stats", "clear"))
     cache.add_argument("path", help="the cache file")

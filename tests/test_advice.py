@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from sb3_vlm.advice import Advice, AdviceRequest, advice_batch_from_infos, advice_to_target
+from sb3_vlm.advice import Advice, AdviceRequest, advice_batch_from_infos, advice_to_target, image_as_uint8
 
 
 def test_advice_roundtrip_and_pickle() -> None:
@@ -159,3 +159,47 @@ def test_requests_pickled_before_lazy_views_still_load() -> None:
     now = AdviceRequest(image=image, context={"m": "go"}, action_space=spaces.Discrete(2), state=7)
     assert isinstance(old, AdviceRequest) and old == now and old.state == 7 and old.content_key is None
     assert old.cache_key("a") == now.cache_key("a")
+
+
+def test_a_string_action_gives_a_masked_row_not_a_crash() -> None:
+    for space in (spaces.Discrete(3), spaces.Box(-1, 1, shape=(1,))):
+        for advice in (
+            Advice(action=np.asarray(["left"])),
+            Advice(action=np.asarray(["0.5"])),
+            Advice(probs=np.asarray(["a", "b", "c"])),
+        ):
+            target, valid = advice_to_target(advice, space)
+            assert not valid and not target.any()
+    infos = [{"vlm_advice": Advice(action=np.asarray(["left"]))}, {"vlm_advice": Advice(action=np.array([2]))}]
+    targets, valid = advice_batch_from_infos(infos, spaces.Discrete(3))
+    np.testing.assert_array_equal(valid, [0.0, 1.0])
+    np.testing.assert_array_equal(targets, [[0, 0, 0], [0, 0, 1]])
+
+
+def test_float_teacher_images_in_unit_range_are_scaled_not_sent_black() -> None:
+    import io
+
+    from PIL import Image
+
+    from sb3_vlm.advisors.openai_compat import encode_image
+
+    image = np.linspace(0.0, 1.0, 4 * 4 * 3, dtype=np.float32).reshape(4, 4, 3)
+    expected = np.rint(image.astype(np.float64) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(image_as_uint8(image), expected)
+    sent = np.asarray(Image.open(io.BytesIO(encode_image(image))))
+    np.testing.assert_array_equal(sent, expected)  # was all black: a float in [0, 1] cast to uint8 is 0
+    assert sent.max() == 255
+    uint8 = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    assert image_as_uint8(uint8) is uint8
+    np.testing.assert_array_equal(image_as_uint8(uint8.astype(np.int64)), uint8)
+    for bad, match in (
+        (image * 255, r"\[0, 1\].*got values in \[0, 255\]"),
+        (image - 0.5, r"\[0, 1\]"),
+        (np.full((2, 2, 3), np.nan, dtype=np.float32), "NaN"),
+        (uint8.astype(np.int64) * 10, r"\[0, 255\]"),
+        (np.full((2, 2, 3), "x"), "uint8"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            image_as_uint8(bad)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        encode_image(image * 255)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import sqlite3
 import subprocess
@@ -80,8 +82,8 @@ def test_two_writer_processes_share_one_file(tmp_path: Path) -> None:
         from sb3_vlm.advisors import AdviceCache
         cache = AdviceCache(sys.argv[1])
         for i in range(300):
-            cache.put(f"{sys.argv[2]}-{i}", Advice(probs=np.array([i, 1.0])))
-            cache.put("common", Advice(probs=np.array([1.0, 1.0]), source=sys.argv[2]))
+            cache.put(f"{sys.argv[2]}-{i}", Advice(action=np.array([i, 1.0])))
+            cache.put("common", Advice(action=np.array([1.0, 1.0]), source=sys.argv[2]))
         """
     )
     procs = [subprocess.Popen([sys.executable, "-c", script, str(path), name]) for name in ("a", "b")]
@@ -92,7 +94,7 @@ def test_two_writer_processes_share_one_file(tmp_path: Path) -> None:
     assert len(cache) == 601
     for name in ("a", "b"):
         got = cache.get(f"{name}-299")
-        assert got is not None and got.probs[0] == 299
+        assert got is not None and got.action[0] == 299
 
 
 def test_cache_pickles_without_its_connection(tmp_path: Path) -> None:
@@ -103,22 +105,147 @@ def test_cache_pickles_without_its_connection(tmp_path: Path) -> None:
     assert got is not None and got.action[0] == 2.0
 
 
-def test_a_corrupt_cache_file_is_moved_aside_and_recreated(tmp_path, caplog) -> None:
+def test_a_damaged_cache_is_moved_aside_and_recreated(tmp_path, caplog) -> None:
     import logging
 
-    from sb3_vlm.advice import Advice
-    from sb3_vlm.advisors.cache import AdviceCache
-
     path = tmp_path / "advice.sqlite"
-    path.write_bytes(b"this is not an sqlite database" * 100)
+    cache = AdviceCache(path)
+    for i in range(200):
+        cache.put(f"k{i}", Advice(probs=np.array([0.5, 0.5]), raw="x" * 50))
+    cache.close()
+    damaged = bytearray(path.read_bytes())
+    damaged[4096:] = b"\xa5" * (len(damaged) - 4096)  # page 1 (header, schema) intact: still recognisably ours
+    path.write_bytes(bytes(damaged))
     cache = AdviceCache(path)
     with caplog.at_level(logging.WARNING, logger="sb3_vlm.advisors.cache"):
-        assert cache.get("k") is None  # no crash: an empty cache in its place
+        assert cache.get("k1") is None  # no crash: an empty cache in its place
     assert "unreadable" in caplog.text
-    aside = list(tmp_path.glob("advice.sqlite.corrupt-*"))
-    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+    aside = list(tmp_path.glob("advice.sqlite.corrupt-*[0-9]"))
+    assert len(aside) == 1 and aside[0].read_bytes() == bytes(damaged)
     cache.put("k", Advice(action=None, probs=None, valid=True, source="s"))
     assert AdviceCache(path).get("k") is not None  # the new file is a working cache
+
+
+def test_a_file_that_is_not_a_cache_is_refused_and_never_moved(tmp_path: Path) -> None:
+    """Issue 17, item 8: `sb3-vlm cache stats model.zip` moved the user's model aside."""
+    import pytest
+
+    from sb3_vlm.advisors.cache import NotACacheError
+
+    model = tmp_path / "model.zip"
+    model.write_bytes(b"PK\x03\x04 not an sqlite database" * 100)
+    with pytest.raises(NotACacheError, match="not an advice cache"):
+        AdviceCache(model)
+    with pytest.raises(NotACacheError):
+        CachedAdvisor(CallableAdvisor(lambda r: 1), model)
+    other = tmp_path / "app.db"  # another program's SQLite database
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    with pytest.raises(NotACacheError, match="without an advice table"):
+        AdviceCache(other).get("k")
+    assert model.read_bytes() == b"PK\x03\x04 not an sqlite database" * 100 and other.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "model.zip"]  # nothing moved, nothing created
+
+
+def _advisor_and_row(tmp_path: Path) -> tuple[CachedAdvisor, list[int], AdviceRequest, str]:
+    calls: list[int] = []
+
+    def fn(r: AdviceRequest) -> Advice:
+        calls.append(r.context["i"])
+        return Advice(probs=np.array([0.25, 0.75], dtype=np.float32), source="fresh")
+
+    advisor = CachedAdvisor(CallableAdvisor(fn, name="f"), AdviceCache(tmp_path / "c.sqlite", memory_entries=0))
+    request = _request(0)
+    return advisor, calls, request, request.cache_key(advisor.identity)
+
+
+def test_a_stored_value_that_is_not_json_is_a_counted_miss_and_is_overwritten(tmp_path: Path) -> None:
+    advisor, calls, request, key = _advisor_and_row(tmp_path)
+    advisor.advise([request])
+    with sqlite3.connect(tmp_path / "c.sqlite") as conn:
+        conn.execute("UPDATE advice SET value = ? WHERE key = ?", ('{"probs": [0.2', key))
+    out = advisor.advise([request])[0]  # used to raise JSONDecodeError out of training
+    assert calls == [0, 0] and out.source == "fresh"
+    assert advisor.stats.cache_corrupt == 1 and advisor.stats.cache_misses == 2 and advisor.cache.corrupt == 1
+    assert advisor.advise([request])[0].source == "fresh" and calls == [0, 0]  # the row was overwritten: a hit
+    assert advisor.stats.cache_corrupt == 1 and advisor.stats.cache_hits == 1
+
+
+def test_a_changed_digit_fails_the_checksum(tmp_path: Path) -> None:
+    advisor, calls, request, key = _advisor_and_row(tmp_path)
+    advisor.advise([request])
+    conn = sqlite3.connect(tmp_path / "c.sqlite")
+    value, checksum = conn.execute("SELECT value, checksum FROM advice WHERE key = ?", (key,)).fetchone()
+    assert checksum == hashlib.sha256(f"{key}\x00{value}".encode()).hexdigest()
+    with conn:  # still valid JSON and still sums to 1: only the checksum can tell
+        conn.execute(
+            "UPDATE advice SET value = ? WHERE key = ?", (value.replace("0.75", "0.95").replace("0.25", "0.05"), key)
+        )
+    conn.close()
+    out = advisor.advise([request])[0]
+    np.testing.assert_allclose(out.probs, [0.25, 0.75])
+    assert calls == [0, 0] and advisor.stats.cache_corrupt == 1
+    assert advisor.cache.summary()["corrupt"] == 0  # overwritten with the fresh answer and a matching checksum
+
+
+def test_rows_without_a_checksum_are_migrated_and_validated_on_read(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)  # the schema before checksums
+    conn.execute("CREATE TABLE advice (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)")
+    stored = {
+        0: Advice(probs=np.array([0.4, 0.6]), source="old"),  # fine: served
+        1: Advice(probs=np.array([0.4, 0.9]), source="old"),  # does not sum to 1
+        2: Advice(probs=np.array([0.2, 0.3, 0.5]), source="old"),  # three actions for Discrete(2)
+        3: Advice(action=np.array([5]), source="old"),  # not an action of Discrete(2)
+        4: Advice(probs=np.array([np.nan, 1.0]), source="old"),
+    }
+    identity = CallableAdvisor(lambda r: None, name="v").identity
+    for i, advice in stored.items():
+        value = json.dumps(advice.to_dict())
+        conn.execute("INSERT INTO advice VALUES (?, ?, 0.0)", (_request(i).cache_key(identity), value))
+    for i, value in ((5, '{"action": ["left"], "valid": true}'), (6, '{"probs": [0.2')):  # undecodable
+        conn.execute("INSERT INTO advice VALUES (?, ?, 0.0)", (_request(i).cache_key(identity), value))
+    conn.commit()
+    conn.close()
+    advisor = CachedAdvisor(CallableAdvisor(lambda r: np.array([0.5, 0.5]), name="v"), path)
+    out = advisor.advise([_request(i) for i in range(7)])
+    assert [a.source for a in out] == ["old"] + ["callable:v"] * 6
+    assert advisor.stats.cache_corrupt == 6 and advisor.stats.queries == 6 and advisor.stats.cache_hits == 1
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT checksum IS NOT NULL FROM advice").fetchall()
+    assert sorted(r[0] for r in rows) == [0, 1, 1, 1, 1, 1, 1]  # the column was added; recomputed rows carry one
+
+
+def test_answers_that_could_not_be_served_back_are_not_stored(tmp_path: Path) -> None:
+    answers = iter([np.array([2.0, 6.0]), Advice(action=np.asarray(["left"])), np.array([np.nan, 1.0])])
+    advisor = CachedAdvisor(CallableAdvisor(lambda r: next(answers), name="u"), tmp_path / "c.sqlite")
+    advisor.advise([_request(0), _request(1), _request(2)])
+    assert len(advisor.cache) == 1  # only the unnormalised probabilities, stored normalised
+    got = AdviceCache(tmp_path / "c.sqlite").get(_request(0).cache_key(advisor.identity), spaces.Discrete(2))
+    assert got is not None
+    np.testing.assert_allclose(got.probs, [0.25, 0.75])
+
+
+def test_a_read_only_cache_serves_hits_and_creates_or_changes_nothing(tmp_path: Path) -> None:
+    import pytest
+
+    path = tmp_path / "c.sqlite"
+    writer = AdviceCache(path)
+    writer.put("k", Advice(probs=np.array([0.5, 0.5]), source="s"))
+    writer.close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    cache = AdviceCache(path, read_only=True)
+    assert cache.get("k") is not None and cache.get("missing") is None and len(cache) == 1
+    assert cache.summary()["entries"] == 1
+    with pytest.raises(sqlite3.OperationalError):
+        cache.put("new", Advice(source="s"))
+    cache.close()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with pytest.raises(FileNotFoundError):
+        AdviceCache(tmp_path / "missing.sqlite", read_only=True)
 
 
 def test_size_cap_evicts_the_oldest_entries(tmp_path) -> None:

@@ -4,6 +4,7 @@ envs commands as a new user runs them."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_vlm import CallableAdvisor, GuidedPPO, VLMAdviceWrapper
 from sb3_vlm.advice import Advice
-from sb3_vlm.advisors.cache import CachedAdvisor
+from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
 from sb3_vlm.callbacks import AdviceMetricsCallback, advisor_counters
 from sb3_vlm.cli import main
 from sb3_vlm.experiments.runs import default_label, monitor_curve, run_curve
@@ -61,8 +62,31 @@ def test_metrics_from_a_vec_advice_wrapper_reach_the_logger() -> None:
     model = GuidedPPO("MlpPolicy", venv, n_steps=8, batch_size=16, n_epochs=1, seed=0)
     callback = AdviceMetricsCallback()
     model.learn(16, callback=callback)
-    assert callback.latest["advisor/invalid"] == advisor.stats.invalid == advisor.stats.queries > 0
-    assert model.logger.name_to_value.get("advisor/invalid", callback.latest["advisor/invalid"]) >= 0
+    assert callback.latest["advisor/invalid"] == advisor.stats.invalid == advisor.stats.queries == 2 * (8 + 1)
+    # logged at the end of training: each env's first observation and the one after each of its 8 steps
+    assert "advisor/invalid" in model.logger.name_to_value
+    assert model.logger.name_to_value["advisor/invalid"] == 18
+
+
+def test_corrupt_cache_rows_are_counted_and_reach_the_logger(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+
+    def run(callback: AdviceMetricsCallback | None = None) -> tuple[GuidedPPO, CachedAdvisor]:
+        cached = CachedAdvisor(_Tokens(), AdviceCache(path))
+        venv = DummyVecEnv([lambda: VLMAdviceWrapper(ColourEnv(), cached) for _ in range(2)])
+        model = GuidedPPO("MlpPolicy", venv, n_steps=16, batch_size=32, n_epochs=1, seed=0)
+        return model.learn(32, callback=callback), cached
+
+    run()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM advice").fetchone()[0] == 2  # one answer per colour
+        conn.execute("UPDATE advice SET value = 'not json'")
+    callback = AdviceMetricsCallback()
+    model, cached = run(callback)  # used to crash at the first lookup
+    callback.record()
+    assert "advisor/cache_corrupt" in model.logger.name_to_value
+    assert model.logger.name_to_value["advisor/cache_corrupt"] == 2 == cached.stats.cache_corrupt
+    assert cached.stats.queries == 2  # each bad row asked again once, then served from its overwritten row
 
 
 def test_monitor_curve_merges_envs_by_end_time(tmp_path: Path) -> None:
@@ -119,6 +143,28 @@ def test_cli_train_eval_compare_and_cache(tmp_path: Path, capsys: pytest.Capture
     assert main(["cache", "clear", str(cache)]) == 0
     assert main(["cache", "stats", str(cache)]) == 0
     assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["entries"] == 0
+
+
+def test_cache_stats_reads_only_and_refuses_what_is_not_a_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 17, item 8: `sb3-vlm cache stats model.zip` renamed the model to .corrupt-* and left an empty database."""
+    model = tmp_path / "model.zip"
+    content = b"PK\x03\x04" + bytes(range(256)) * 40
+    model.write_bytes(content)
+    for action in ("stats", "clear"):
+        assert main(["cache", action, str(model)]) == 1
+        assert "not an advice cache" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["model.zip"] and model.read_bytes() == content
+
+    cache = AdviceCache(tmp_path / "advice.sqlite")
+    cache.put("k", Advice(probs=np.array([0.5, 0.5], np.float32), source="oracle"))
+    cache.close()
+    files = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+    assert main(["cache", "stats", str(tmp_path / "advice.sqlite")]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["entries"] == 1 and stats["corrupt"] == 0 and stats["by_source"] == {"oracle": 1}
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()} == files  # nothing written
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "compare", "cache", "advise", "demo", "envs"])

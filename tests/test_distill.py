@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch as th
 
@@ -94,3 +95,20 @@ def test_schedules() -> None:
         as_coef_schedule(-1.0)
     with pytest.raises(ValueError):
         KickstartingCoef(decay=0.0)
+
+
+def test_coefficients_and_schedule_values_must_be_finite_and_non_negative() -> None:
+    for bad in (float("nan"), float("inf"), -float("inf"), -0.5, np.float32("nan")):
+        with pytest.raises(ValueError, match="finite, non-negative"):
+            as_coef_schedule(bad)
+    for kwargs in (dict(initial=float("nan")), dict(floor=float("inf"))):
+        with pytest.raises(ValueError, match="finite, non-negative"):
+            KickstartingCoef(**kwargs)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="finite, non-negative"):
+            LinearDecayCoef(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        as_coef_schedule("0.1")  # type: ignore[arg-type]
+    schedule = as_coef_schedule(lambda n, progress: 1.0 if n < 3 else float("nan"), "teacher_coef")
+    assert schedule(2, 0.5) == 1.0
+    with pytest.raises(ValueError, match=r"teacher_coef schedule .* gave nan at update 3"):
+        schedule(3, 0.5)

@@ -92,6 +92,25 @@ def test_teacher_coef_schedule_is_applied() -> None:
     assert coefs == [1.0, 0.5, 0.25, 0.0]
 
 
+@pytest.mark.parametrize("algo", [GuidedPPO, GuidedA2C])
+def test_a_nan_or_infinite_teacher_coef_is_rejected_at_construction(algo) -> None:
+    env = make_vec_env(_minigrid(), n_envs=1, seed=0)
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="finite, non-negative"):
+            algo("MlpPolicy", env, teacher_coef=bad)
+
+
+def test_a_schedule_that_turns_nan_stops_training_with_a_clear_error() -> None:
+    env = make_vec_env(_minigrid(), n_envs=2, seed=0)
+    broken = lambda n_updates, progress: 0.5 if n_updates < 1 else float("nan")  # noqa: E731
+    model = GuidedA2C("MlpPolicy", env, n_steps=4, teacher_coef=broken, trust=False, seed=0)
+    model.learn(8)  # the first update is fine
+    # used to train on a NaN loss and crash a rollout later on NaN logits; now stopped before the loss, named
+    with pytest.raises(ValueError, match=r"schedule .* gave nan at update 1"):
+        model.learn(8, reset_num_timesteps=False)
+    assert all(th.isfinite(p).all() for p in model.policy.parameters())
+
+
 def test_hard_vs_soft_targets_give_different_losses() -> None:
     losses = {}
     for target in ("soft", "hard"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -181,6 +182,8 @@ def test_method_defaults_are_the_papers() -> None:
         (dict(vpg_reference="nope"), ValueError),
         (dict(ver="yes"), TypeError),
         (dict(guidance_coef=-1.0), ValueError),
+        (dict(guidance_coef=float("nan")), ValueError),
+        (dict(guidance_coef=float("inf")), ValueError),
         (dict(advice_critic=object()), TypeError),
         (dict(n_steps=3), ValueError),
         (dict(ent_coef=0.1), ValueError),  # VER needs a learned α
@@ -192,7 +195,8 @@ def test_bad_arguments_fail_early(kwargs, error) -> None:
 
 
 def test_ver_settings_are_validated() -> None:
-    for bad in (dict(confidence="nope"), dict(alpha_target="nope"), dict(next_state="nope"), dict(coef=-1.0)):
+    bad_coefs = [dict(coef=-1.0), dict(coef=float("nan")), dict(coef=float("inf"))]
+    for bad in (dict(confidence="nope"), dict(alpha_target="nope"), dict(next_state="nope"), *bad_coefs):
         with pytest.raises(ValueError):
             VERSettings(**bad)  # type: ignore[arg-type]
     model = GuidedSAC("MlpPolicy", _pendulum(), ver=VERSettings(transition_net_arch=[8], coef=3.0), **SMALL)
@@ -323,6 +327,14 @@ def test_save_load_restores_every_module_and_training_resumes(tmp_path: Path) ->
     assert isinstance(loaded.advice_gate, AdvantageGate) and loaded.advice_gate.scale is not None
     assert loaded.advice_gate.scale == model.advice_gate.scale
     assert loaded.guidance_term is not None and loaded.guidance_term.gate is loaded.advice_gate  # type: ignore[attr-defined]
+    # the student alone loads with plain SB3 (the teacher is a training-time aid), also from a file object
+    plain = SAC.load(tmp_path / "guided.zip", device="cpu")
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], plain.predict(obs, deterministic=True)[0])
+    stream = io.BytesIO()
+    model.save(stream)
+    again = GuidedSAC.load(stream, env=_pendulum())
+    for a, b in zip(again.transition_model.parameters(), model.transition_model.parameters(), strict=True):
+        assert th.equal(a, b)
     loaded.learn(40, reset_num_timesteps=False)
     assert loaded.num_timesteps == 120
     # a plain SAC can load the policy alone: the saved agent never needs the advisor

@@ -6,18 +6,21 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_vlm import GuidedA2C, GuidedPPO
 from sb3_vlm.advice import Advice
 from sb3_vlm.advisors import CallableAdvisor
-from sb3_vlm.guidance.distill import advised_action_nll, kl_distill_loss
+from sb3_vlm.guidance.distill import advised_action_nll, capped_rows, kl_distill_loss
 from sb3_vlm.guidance.trust import (
     TrustEstimator,
     TrustSettings,
     advice_evidence,
+    fade_factor,
     followed_continuous,
     followed_discrete,
+    imitation_cap,
     row_gate,
     updated_trust,
 )
@@ -211,3 +214,131 @@ def test_idle_decay_lowers_trust_in_proportion_to_how_much_the_advice_is_copied(
     assert abs(on.last_evidence) < 2.0
     assert off.trust == 0.2  # the default: no evidence, no change
     assert on.trust == pytest.approx(0.2 - 0.5 * 0.1 * copied.mean())
+
+
+def test_capped_rows_are_pulled_back_to_the_cap_and_the_others_to_the_teacher() -> None:
+    p = th.tensor([[0.9, 0.1], [0.2, 0.8], [0.9, 0.1], [0.55, 0.45]])
+    log_pi = th.log(th.tensor([[0.7, 0.3], [0.5, 0.5], [0.4, 0.6], [0.8, 0.2]])).requires_grad_(True)
+    # row 0 takes the advice with 0.7 >= c = 0.6: capped; rows 1 (0.5) and 2 (0.4) are below the cap; row 3's
+    # teacher gives only 0.55 < c, so its own KL already holds the student below the cap
+    assert capped_rows(p, log_pi, 0.6).tolist() == [True, False, False, False]
+    assert not capped_rows(p, log_pi, 1.0).any()
+    valid = th.ones(4)
+    loss = kl_distill_loss(p, log_pi, valid, cap=0.6)
+    kl = (th.xlogy(p, p) - p * log_pi.detach()).sum(dim=-1)
+    binary = 0.6 * np.log(0.6 / 0.7) + 0.4 * np.log(0.4 / 0.3)
+    assert loss.item() == pytest.approx((binary + kl[1] + kl[2] + kl[3]).item() / 4)  # mean over every valid row
+    loss.backward()
+    assert log_pi.grad is not None
+    assert log_pi.grad[0, 0] > 0  # descent lowers π(a_v|s) of the capped row towards c
+    assert log_pi.grad[2, 0] < 0  # and raises it on a row below the cap
+    with pytest.raises(ValueError, match="imitation cap"):
+        capped_rows(p, log_pi, 0.0)
+
+
+def test_imitation_cap_grows_with_trust() -> None:
+    settings = TrustSettings(cap_floor=0.5)
+    assert imitation_cap(0.0, settings, 7) == 0.5
+    assert imitation_cap(0.2, settings, 7) == pytest.approx(0.6)
+    assert imitation_cap(1.0, settings, 7) == 1.0
+    # the default floor is a uniform policy's probability: an untrusted teacher adds no preference
+    assert imitation_cap(0.0, TrustSettings(), 7) == pytest.approx(1 / 7)
+    assert imitation_cap(0.2, TrustSettings(), 4) == pytest.approx(0.25 + 0.75 * 0.2)
+    assert imitation_cap(0.3, TrustSettings(cap=False), 7) is None
+    with pytest.raises(ValueError, match="cap_floor"):
+        TrustSettings(cap_floor=0.0)
+
+
+class _Rewardless(ColourEnv):
+    """ColourEnv without rewards: nothing the run does can show whether the advice pays."""
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = super().step(action)
+        return obs, 0.0, terminated, truncated, info
+
+
+def _unrewarded_ppo(venv, learning_rate: float, cap: bool, teacher_coef: float) -> GuidedPPO:
+    """GuidedPPO trained 4k steps on an env without rewards: only the distillation term moves the policy."""
+    return GuidedPPO(
+        "MlpPolicy",
+        venv,
+        n_steps=64,
+        batch_size=64,
+        n_epochs=4,
+        learning_rate=learning_rate,
+        normalize_advantage=False,  # else the value net's noise, scaled to unit variance, drives the policy alone
+        teacher_coef=teacher_coef,
+        trust=TrustSettings(cap=cap),
+        seed=0,
+        device="cpu",
+    ).learn(4_096)
+
+
+@pytest.mark.parametrize("cap", [True, False])
+def test_a_constant_teacher_cannot_take_over_the_policy_before_any_evidence(cap) -> None:
+    advisor = CallableAdvisor(lambda request: Advice(action=np.asarray([0])))
+    venv = DummyVecEnv([lambda: VLMAdviceWrapper(_Rewardless(), advisor) for _ in range(4)])
+    model = _unrewarded_ppo(venv, learning_rate=3e-3, cap=cap, teacher_coef=1.0)
+    assert model.teacher_trust < 0.5  # no rewards: no real evidence either way
+    obs = th.as_tensor(np.stack([_Rewardless()._obs(), np.full((8, 8, 3), 255, dtype=np.uint8)]))
+    with th.no_grad():
+        p_advised = model.policy.get_distribution(model.policy.obs_to_tensor(obs.numpy())[0]).distribution.probs[:, 0]
+    if not cap:
+        assert p_advised.min().item() > 0.95  # LVLM2P's term alone: the teacher is copied outright
+    else:
+        cap_value = imitation_cap(model.teacher_trust, model.trust, 2)
+        assert cap_value is not None and np.abs(p_advised.numpy() - cap_value).max() < 0.1  # explores the rest
+        assert model.logger.name_to_value["train/imitation_cap"] == pytest.approx(cap_value)
+
+
+def test_box_imitation_under_the_cap_moves_the_mean_but_never_narrows_the_exploration_noise() -> None:
+    from tests.helpers import CounterEnv, counter_view
+
+    def teacher(request):
+        return Advice(action=np.asarray([1.0], dtype=np.float32))
+
+    box = spaces.Box(-2.0, 2.0, shape=(1,), dtype=np.float32)
+
+    def log_std_after(cap: bool, teacher_coef: float = 1.0) -> tuple[float, float]:
+        venv = DummyVecEnv(
+            [lambda: VLMAdviceWrapper(CounterEnv(box), CallableAdvisor(teacher), teacher_view=counter_view)] * 2
+        )
+        model = _unrewarded_ppo(venv, learning_rate=1e-2, cap=cap, teacher_coef=teacher_coef)
+        mean = model.policy.predict(np.array([[3.0, 1.0]], dtype=np.float32), deterministic=True)[0]
+        return float(model.policy.log_std.detach().mean()), float(mean[0, 0])
+
+    (capped, capped_mean), (uncapped, _), (alone, alone_mean) = (
+        log_std_after(True),
+        log_std_after(False),
+        log_std_after(True, teacher_coef=0.0),
+    )
+    assert uncapped < alone - 1.0  # LVLM2P's NLL narrows the Gaussian onto the advice
+    assert abs(capped - alone) < 0.3  # under the cap, the std is the policy gradient's alone
+    assert abs(capped_mean - 1.0) < abs(alone_mean - 1.0)  # while the mean still moves towards the advice
+
+
+def test_the_teachers_weight_fades_over_the_second_half_of_learn() -> None:
+    settings = TrustSettings()
+    assert fade_factor(1.0, settings) == 1.0 and fade_factor(0.5, settings) == 1.0  # the first half: full weight
+    assert fade_factor(0.25, settings) == pytest.approx(0.5)  # three quarters done: half
+    assert fade_factor(0.0, settings) == 0.0
+    assert fade_factor(0.1, TrustSettings(fade_start=None)) == 1.0
+    with pytest.raises(ValueError, match="fade_start"):
+        TrustSettings(fade_start=1.0)
+
+    coefs: list[tuple[float, float, float]] = []
+
+    class Record(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            model = self.model
+            coefs.append((model._current_progress_remaining, model.teacher_trust, model.current_teacher_coef))
+
+    model = _colour_model(GuidedPPO, True, n_steps=64, batch_size=64, n_epochs=1, teacher_coef=0.5)
+    model.learn(4_096, callback=Record())
+    for remaining, trust, coef in coefs:
+        assert coef == pytest.approx(0.5 * trust * min(1.0, 2.0 * remaining))  # λ · τ · fade
+    assert any(r < 0.5 and t > 0 for r, t, _ in coefs)  # the fade was measured while the teacher had a say
+    assert coefs[-1][2] <= 0.5 / 8 + 1e-9  # the last rollout starts 15/16 of the way: an eighth of λ at most

@@ -9,7 +9,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from sb3_vlm import GuidedPPO
 from sb3_vlm.advice import Advice, AdviceRequest
 from sb3_vlm.advisors import CallableAdvisor
-from sb3_vlm.wrappers import VLMAdviceWrapper
+from sb3_vlm.wrappers import VecVLMAdviceWrapper, VLMAdviceWrapper
 from tests.helpers import CounterEnv, counter_view
 
 
@@ -82,8 +82,12 @@ def test_wrapper_passes_check_env_and_validates_arguments() -> None:
     # the render and close checks re-create the env from its spec, which deliberately does not record the advisor
     env = VLMAdviceWrapper(gym.make("CartPole-v1"), CallableAdvisor(lambda r: 1, "one"), teacher_view=view)
     check_env(env, skip_render_check=True, skip_close_check=True)
-    with pytest.raises(ValueError):
-        VLMAdviceWrapper(CounterEnv(), CallableAdvisor(_echo), query_every=0)
+    for bad in (0, 2.5, 2.0, True, "2"):  # a float k used to ask on the steps where step % k == 0
+        with pytest.raises(ValueError, match="positive int"):
+            VLMAdviceWrapper(CounterEnv(), CallableAdvisor(_echo), query_every=bad)  # type: ignore[arg-type]
+    assert VLMAdviceWrapper(CounterEnv(), CallableAdvisor(_echo), query_every=np.int64(3)).query_every == 3
+    with pytest.raises(ValueError, match="positive int"):
+        VecVLMAdviceWrapper(DummyVecEnv([CounterEnv]), CallableAdvisor(_echo), query_every=2.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         VLMAdviceWrapper(CounterEnv(), advisor=lambda r: None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="teacher view"):

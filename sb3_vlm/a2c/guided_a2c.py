@@ -29,7 +29,7 @@ class GuidedA2C(GuidedOnPolicyMixin, A2C):
     https://arxiv.org/abs/2503.16588. Loss (eq. 1): ``L_A2C(π_θ) + λ · D_KL(π_T(·|o, ℓ) ‖ π_θ(·|s))`` over rows
     with advice. All A2C arguments are those of :class:`stable_baselines3.A2C`. Extra arguments:
 
-    :param teacher_coef: λ, the most weight the teacher gets (default 0.2; the term's weight is ``λ · τ`` with the
+    :param teacher_coef: λ, the most weight the teacher gets (default 1.0; the term's weight is ``λ · τ`` with the
         adaptive trust τ), a float or a :class:`~sb3_vlm.guidance.CoefSchedule` of the number of updates; LVLM2P's
         fixed λ is ``trust=False, teacher_coef=0.01``
     :param trust: adaptive trust, as in :class:`~sb3_vlm.ppo.GuidedPPO` (evidence windows span several of A2C's

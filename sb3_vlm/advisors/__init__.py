@@ -1,7 +1,14 @@
 from sb3_vlm.advisors.background import BackgroundAdvisor
 from sb3_vlm.advisors.base import Advisor, AdvisorStats
 from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
-from sb3_vlm.advisors.scripted import CallableAdvisor, ConstantAdvisor, NoisyAdvisor, RandomAdvisor
+from sb3_vlm.advisors.policy import PolicyAdvisor, export_sac_actor
+from sb3_vlm.advisors.scripted import (
+    CallableAdvisor,
+    ConstantAdvisor,
+    NoisyAdvisor,
+    ProjectedGridKey,
+    RandomAdvisor,
+)
 from sb3_vlm.advisors.table import NearestNeighbourAdvisor
 
 __all__ = [
@@ -14,5 +21,8 @@ __all__ = [
     "ConstantAdvisor",
     "NearestNeighbourAdvisor",
     "NoisyAdvisor",
+    "PolicyAdvisor",
+    "ProjectedGridKey",
     "RandomAdvisor",
+    "export_sac_actor",
 ]

@@ -145,7 +145,7 @@ class BackgroundAdvisor:
             self.submitted += 1
             key = request.cache_key(identity) if cached is not None else None
             if cached is not None and key is not None:
-                hit = cached.lookup(key)
+                hit = cached.lookup(key, request.action_space)
                 if hit is not None:
                     out.append(hit)
                     continue

@@ -24,6 +24,7 @@ class AdvisorStats:
     errors: int = 0  # backend exceptions turned into invalid advice
     cache_hits: int = 0
     cache_misses: int = 0
+    cache_corrupt: int = 0  # cached rows that failed their checksum or validation (also in cache_misses)
     total_latency: float = 0.0  # seconds spent in the backend
 
     @property

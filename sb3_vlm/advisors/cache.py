@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -14,12 +15,61 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from gymnasium import spaces
+
 from sb3_vlm.advice import Advice, AdviceRequest
 from sb3_vlm.advisors.base import Advisor
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS advice (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS advice (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL, "
+    "checksum TEXT)"
+)
+#: the first 16 bytes of every SQLite 3 database file
+_SQLITE_HEADER = b"SQLite format 3\x00"
+#: how far stored probabilities may sum from 1 (float32 values written as JSON)
+_PROBS_TOLERANCE = 1e-3
+
+
+class NotACacheError(ValueError):
+    """The file at a cache's path is not an advice cache (not SQLite, or another program's database)."""
+
+
+def row_checksum(key: str, value: str) -> str:
+    """sha256 of a row's key and JSON value: a row changed on disk (a flipped bit, an edited digit, a value moved to
+    another key) no longer matches. Detects damage, not a deliberate forgery (anyone can recompute it)."""
+    return hashlib.sha256(f"{key}\x00{value}".encode()).hexdigest()
+
+
+def advice_problem(advice: Advice, action_space: spaces.Space | None = None) -> str | None:
+    """
+    Why a stored answer cannot be served for a request with ``action_space`` (None: it can). Checked: the arrays
+    hold finite numbers, probabilities are non-negative and sum to 1, and, where the action space is known, the
+    probabilities have one entry per discrete action, a discrete action is one integer in the space and a continuous
+    action has the space's size.
+    """
+    for name, array in (("action", advice.action), ("probs", advice.probs)):
+        if array is not None and (array.dtype.kind not in "biuf" or not np.all(np.isfinite(array))):
+            return f"{name} is not all finite numbers"
+    if advice.probs is not None:
+        probs = advice.probs.astype(np.float64).reshape(-1)
+        if np.any(probs < 0) or abs(probs.sum() - 1.0) > _PROBS_TOLERANCE:
+            return "probabilities are negative or do not sum to 1"
+    if isinstance(action_space, spaces.Discrete):
+        n, start = int(action_space.n), int(action_space.start)
+        if advice.probs is not None and advice.probs.size != n:
+            return f"{advice.probs.size} probabilities for {n} actions"
+        if advice.action is not None:
+            index = advice.action.reshape(-1).astype(np.float64)
+            if index.size != 1 or index[0] != int(index[0]) or not start <= index[0] < start + n:
+                return f"action {advice.action.tolist()} is not one of the {n} actions"
+    elif isinstance(action_space, spaces.Box):
+        size = int(np.prod(action_space.shape))
+        if advice.action is not None and advice.action.size != size:
+            return f"action of size {advice.action.size} for an action space of shape {action_space.shape}"
+    return None
 
 
 class AdviceCache:
@@ -30,8 +80,22 @@ class AdviceCache:
     several processes may share one file: SQLite's WAL journal and a busy timeout serialise their writers.
     ``path=":memory:"`` keeps a private in-process cache (not shared after pickling).
 
-    A file that is not a readable SQLite database (a crash mid-write on a file system without locking, a stray
-    file at the path) is moved aside to ``<path>.corrupt-<time>`` with a warning and a new cache is started there.
+    **Integrity** (issue 17): every row carries a checksum of its key and value (:func:`row_checksum`), and a row
+    read back is checked against it and decoded and validated (:func:`advice_problem`) against the request's action
+    space. A row that fails (edited, damaged, or written for another action space) is served as a miss: the
+    advisor is asked again and its answer overwrites the row. Such rows are counted in :attr:`corrupt` (and as
+    misses) and reach the logger as ``advisor/cache_corrupt``. Rows written before the checksum existed (databases
+    are migrated by adding the column) are checked by decoding and validation only.
+
+    **Files that are not ours are never touched.** A path holding something other than an SQLite file, or an SQLite
+    database without the ``advice`` table (another program's), raises :class:`NotACacheError` at construction (or
+    at the first lookup, if it appeared later). Only a damaged database that is recognisably an advice cache (its
+    schema still lists the ``advice`` table), e.g. after a crash mid-write on a file system without locking, is
+    moved aside to ``<path>.corrupt-<time>`` with a warning and a new cache is started there.
+
+    ``read_only=True`` opens an existing cache without creating or changing any file (not even SQLite's ``-wal`` /
+    ``-shm`` files where there are none): lookups work, writes raise ``sqlite3.OperationalError``
+    (``CachedAdvisor`` then logs that the answer was not cached), a damaged file raises instead of being moved.
 
     The most recently used answers are also kept decoded in memory (advice is immutable, so a hit returns the
     object itself): a hit then costs a dict lookup instead of a query and a JSON decode (issue 18). An entry another
@@ -43,6 +107,8 @@ class AdviceCache:
     :param max_entries: keep at most this many entries: the oldest are evicted (first in, first out) when a write
         goes over; None: unbounded
     :param memory_entries: answers kept decoded in memory (least recently used dropped first); 0: none
+    :param read_only: open an existing cache file for lookups only, creating and changing nothing (``sb3-vlm cache
+        stats``)
     """
 
     def __init__(
@@ -51,6 +117,7 @@ class AdviceCache:
         timeout: float = 30.0,
         max_entries: int | None = None,
         memory_entries: int = 65_536,
+        read_only: bool = False,
     ) -> None:
         if max_entries is not None and max_entries < 1:
             raise ValueError(f"max_entries must be >= 1 or None, got {max_entries}")
@@ -60,23 +127,64 @@ class AdviceCache:
         self.timeout = timeout
         self.max_entries = max_entries
         self.memory_entries = memory_entries
+        self.read_only = read_only
+        if read_only and (self.path == ":memory:" or not Path(self.path).is_file()):
+            raise FileNotFoundError(f"No advice cache file at {self.path} to open read-only")
+        self._check_file()
         self._recent: OrderedDict[str, Advice] = OrderedDict()
         self.evicted = 0
         self.hits = 0
         self.misses = 0
+        #: rows that failed their checksum, decoding or validation on read (each also counted in :attr:`misses`)
+        self.corrupt = 0
+        self._warned_corrupt = False
         self._conn: sqlite3.Connection | None = None
         self._pid: int | None = None
+        self._has_checksum = True
         self._lock = threading.Lock()
+
+    def _check_file(self) -> None:
+        """Refuse a path that holds something else (``sb3-vlm cache stats model.zip``, issue 17): cheap, reads 16
+        bytes and creates nothing."""
+        path = Path(self.path)
+        if self.path == ":memory:" or not path.is_file() or path.stat().st_size == 0:
+            return  # nothing there yet (an empty file is an empty SQLite database)
+        with path.open("rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+        if header != _SQLITE_HEADER:
+            raise NotACacheError(f"{self.path} is not an advice cache (not an SQLite database); left untouched")
+
+    def _is_ours(self) -> bool:
+        """Whether the file at :attr:`path` is recognisably an advice cache: an SQLite file whose schema lists the
+        ``advice`` table. Read as immutable, so that checking creates and changes nothing."""
+        try:
+            with Path(self.path).open("rb") as file:
+                if file.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+                    return False
+            conn = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?immutable=1", uri=True)
+            try:
+                return bool(
+                    conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'advice'").fetchone()
+                )
+            finally:
+                conn.close()
+        except (OSError, sqlite3.Error):
+            return False
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
-            if self.path != ":memory:":
+            if self.path != ":memory:" and not self.read_only:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             try:
                 conn = self._open()
             except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: keep it for inspection
-                if self.path == ":memory:" or isinstance(exc, sqlite3.OperationalError):
+                if self.path == ":memory:" or self.read_only or isinstance(exc, sqlite3.OperationalError):
                     raise  # locked, read-only, missing permissions: the file may be fine, nothing to move
+                if not self._is_ours():  # never move a file we did not write
+                    raise NotACacheError(
+                        f"{self.path} is not a readable advice cache ({exc!r}); left untouched: move or delete it, "
+                        "or give another cache path"
+                    ) from exc
                 aside = f"{self.path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
                 for suffix in ("", "-wal", "-shm"):
                     if Path(self.path + suffix).exists():
@@ -88,34 +196,107 @@ class AdviceCache:
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
+        if self.read_only:
+            return self._open_read_only()
         conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False, isolation_level=None)
         try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "advice" not in tables:  # before any pragma: WAL mode would change their file
+                raise NotACacheError(
+                    f"{self.path} is an SQLite database without an advice table (another program's?); left untouched"
+                )
             if self.path != ":memory:":
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                     raise sqlite3.DatabaseError("quick_check failed")
             conn.execute(_SCHEMA)
-        except sqlite3.DatabaseError:
+            if "checksum" not in self._columns(conn):
+                try:  # a cache written before checksums: its old rows are checked by decoding and validation
+                    conn.execute("ALTER TABLE advice ADD COLUMN checksum TEXT")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # else another process migrated it first
+                        raise
+            self._has_checksum = True
+        except (sqlite3.DatabaseError, NotACacheError):
             conn.close()
             raise
         return conn
 
-    def get(self, key: str) -> Advice | None:
+    def _open_read_only(self) -> sqlite3.Connection:
+        # A reader of a WAL database creates its -wal and -shm files where they are missing (sqlite.org/wal.html,
+        # "read-only databases"). Missing, they tell that no connection has the file open and everything is in the
+        # main file: read that as immutable, which creates nothing. Present, a plain read-only connection uses them.
+        wal = any(Path(self.path + suffix).exists() for suffix in ("-wal", "-shm"))
+        uri = f"{Path(self.path).resolve().as_uri()}?{'mode=ro' if wal else 'immutable=1'}"
+        conn = sqlite3.connect(uri, uri=True, timeout=self.timeout, check_same_thread=False, isolation_level=None)
+        try:
+            columns = self._columns(conn)
+            if not columns:
+                raise NotACacheError(f"{self.path} is an SQLite database without an advice table, not an advice cache")
+            if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            self._has_checksum = "checksum" in columns
+        except (sqlite3.DatabaseError, NotACacheError):
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _columns(conn: sqlite3.Connection) -> set[str]:
+        return {row[1] for row in conn.execute("PRAGMA table_info(advice)")}
+
+    def get(self, key: str, action_space: spaces.Space | None = None) -> Advice | None:
+        """The answer stored under ``key``, or None when there is none or its row is corrupt (see :meth:`read`)."""
+        return self.read(key, action_space)[0]
+
+    def read(self, key: str, action_space: spaces.Space | None = None) -> tuple[Advice | None, bool]:
+        """
+        ``(answer, corrupt)`` for ``key``: the stored answer (a hit), or None (a miss), with ``corrupt`` True when
+        a row was there but failed its checksum, decoding or validation against ``action_space``
+        (:func:`advice_problem`). Answers kept decoded in memory were checked when they were read or written.
+        """
         with self._lock:
             advice = self._recent.get(key)
             if advice is not None:
                 self._recent.move_to_end(key)
                 self.hits += 1
-                return advice
-            row = self._connection().execute("SELECT value FROM advice WHERE key = ?", (key,)).fetchone()
+                return advice, False
+            conn = self._connection()
+            checksum = "checksum" if self._has_checksum else "NULL"  # NULL: a read-only cache of an old version
+            row = conn.execute(f"SELECT value, {checksum} FROM advice WHERE key = ?", (key,)).fetchone()
             if row is None:
                 self.misses += 1
-                return None
+                return None, False
+            advice, problem = self._decode(key, row[0], row[1], action_space)
+            if advice is None:
+                self.misses += 1
+                self.corrupt += 1
+                self._warn_corrupt(key, problem)
+                return None, True
             self.hits += 1
-            advice = Advice.from_dict(json.loads(row[0]))
             self._remember(key, advice)
-        return advice
+        return advice, False
+
+    @staticmethod
+    def _decode(key: str, value: Any, checksum: Any, action_space: spaces.Space | None) -> tuple[Advice | None, str]:
+        """The advice of one row, or None and why not."""
+        if checksum is not None and checksum != row_checksum(key, str(value)):
+            return None, "checksum mismatch"
+        try:
+            advice = Advice.from_dict(json.loads(value))
+        except Exception as exc:  # whatever is in the file, a bad row is a miss, never a crash in training
+            return None, f"undecodable value ({exc!r})"
+        problem = advice_problem(advice, action_space)
+        return (None, problem) if problem is not None else (advice, "")
+
+    def _warn_corrupt(self, key: str, problem: str) -> None:
+        if self._warned_corrupt:
+            logger.debug("Advice cache %s: corrupt row %s (%s)", self.path, key, problem)
+            return
+        self._warned_corrupt = True
+        logger.warning("Advice cache %s: row %s is corrupt (%s); asking again and overwriting it. Counted in "
+                       "advisor/cache_corrupt, further ones logged at DEBUG", self.path, key, problem)  # fmt: skip
 
     def _remember(self, key: str, advice: Advice) -> None:
         """Keep ``advice`` decoded in memory (under the lock)."""
@@ -126,11 +307,14 @@ class AdviceCache:
                 self._recent.popitem(last=False)
 
     def put(self, key: str, advice: Advice) -> None:
+        """Store ``advice`` under ``key`` as it is, with its checksum. A later :meth:`get` serves it only if it passes
+        :func:`advice_problem` (``CachedAdvisor`` stores only answers that do, probabilities normalised)."""
         value = json.dumps(advice.to_dict())
         with self._lock:
             conn = self._connection()
             conn.execute(
-                "INSERT OR REPLACE INTO advice (key, value, created) VALUES (?, ?, ?)", (key, value, time.time())
+                "INSERT OR REPLACE INTO advice (key, value, created, checksum) VALUES (?, ?, ?, ?)",
+                (key, value, time.time(), row_checksum(key, value)),
             )
             self._remember(key, advice)
             if self.max_entries is not None:
@@ -159,16 +343,22 @@ class AdviceCache:
             self._connection().execute("VACUUM")
 
     def summary(self) -> dict[str, Any]:
-        """What the cache holds: entries, valid fraction, entries per answering source, age range, file size."""
+        """What the cache holds: entries, valid fraction, entries per answering source, corrupt rows (failing their
+        checksum, decoding or validation, action space unknown), age range, file size."""
         with self._lock:
-            rows = self._connection().execute("SELECT value, created FROM advice").fetchall()
+            conn = self._connection()
+            checksum = "checksum" if self._has_checksum else "NULL"
+            rows = conn.execute(f"SELECT key, value, created, {checksum} FROM advice").fetchall()
         sources: dict[str, int] = {}
-        valid = 0
-        for value, _ in rows:
-            advice = json.loads(value)
-            sources[advice.get("source", "")] = sources.get(advice.get("source", ""), 0) + 1
-            valid += bool(advice.get("valid", True))
-        created = [c for _, c in rows]
+        valid = corrupt = 0
+        for key, value, _, check in rows:
+            advice, _ = self._decode(key, value, check, None)
+            if advice is None:
+                corrupt += 1
+                continue
+            sources[advice.source] = sources.get(advice.source, 0) + 1
+            valid += advice.valid
+        created = [c for _, _, c, _ in rows]
         size = sum(
             Path(self.path + suffix).stat().st_size for suffix in ("", "-wal") if Path(self.path + suffix).exists()
         )
@@ -176,6 +366,7 @@ class AdviceCache:
             path=self.path,
             entries=len(rows),
             valid_fraction=valid / len(rows) if rows else 0.0,
+            corrupt=corrupt,
             by_source=dict(sorted(sources.items(), key=lambda kv: -kv[1])),
             oldest=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(min(created))) if created else None,
             newest=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(max(created))) if created else None,
@@ -198,7 +389,7 @@ class AdviceCache:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"AdviceCache({self.path!r}, hits={self.hits}, misses={self.misses})"
+        return f"AdviceCache({self.path!r}, hits={self.hits}, misses={self.misses}, corrupt={self.corrupt})"
 
 
 class CachedAdvisor(Advisor):
@@ -206,6 +397,9 @@ class CachedAdvisor(Advisor):
     Answer from the cache where possible and ask ``advisor`` only for the misses.
 
     Only valid answers are stored: a failure (timeout, parse error) may be transient and must be retried later.
+    Probabilities are stored normalised (as the advised buffers use them), and an answer that could not be served
+    back (:func:`advice_problem`: NaN, a string action, a wrong shape) is not stored. A stored row that fails its
+    checks on read is a miss, counted in ``stats.cache_corrupt`` too, and the fresh answer overwrites it.
     Identical requests within one batch are sent once.
     Answers are keyed by the wrapped advisor's identity, so advisors never read each other's entries.
 
@@ -227,7 +421,7 @@ class CachedAdvisor(Advisor):
     def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
         identity = self.advisor.identity
         keys = [r.cache_key(identity) for r in requests]
-        answers: list[Advice | None] = [self._lookup(k) for k in keys]
+        answers: list[Advice | None] = [self._lookup(k, r.action_space) for k, r in zip(keys, requests, strict=True)]
         missing = [i for i, a in enumerate(answers) if a is None]
         self.stats.cache_hits += len(requests) - len(missing)
         self.stats.cache_misses += len(missing)
@@ -240,30 +434,41 @@ class CachedAdvisor(Advisor):
             fresh = dict(zip(unique, self.advisor.advise([requests[i] for i in unique]), strict=True))
             for i in unique:
                 if fresh[i].valid:
-                    self._store(keys[i], fresh[i])
+                    self._store(keys[i], fresh[i], requests[i].action_space)
             for i in missing:
                 answers[i] = fresh[first[keys[i]]]  # advice is immutable: identical views share one answer
         return [a for a in answers if a is not None]
 
-    def lookup(self, key: str) -> Advice | None:
-        """The cached answer for a content address (:meth:`AdviceRequest.cache_key` with :attr:`identity`), counted
-        as a cache hit; None when there is none (not counted: the caller decides whether it asks)."""
-        advice = self._lookup(key)
+    def lookup(self, key: str, action_space: spaces.Space | None = None) -> Advice | None:
+        """The cached answer for a content address (:meth:`AdviceRequest.cache_key` with :attr:`identity`), checked
+        against ``action_space`` and counted as a cache hit; None when there is none (not counted: the caller decides
+        whether it asks) or its row is corrupt (counted in ``stats.cache_corrupt``)."""
+        advice = self._lookup(key, action_space)
         if advice is not None:
             self.stats.cache_hits += 1
         return advice
 
-    def _lookup(self, key: str) -> Advice | None:
+    def _lookup(self, key: str, action_space: spaces.Space | None = None) -> Advice | None:
         try:
-            advice = self.cache.get(key)
+            advice, corrupt = self.cache.read(key, action_space)
         except sqlite3.Error as exc:  # an unreadable cache degrades to a miss, never a crash
             logger.warning("Advice cache read failed (%r); treating as a miss", exc)
             return None
+        if corrupt:
+            self.stats.cache_corrupt += 1
         if advice is None or advice.latency == 0.0:
             return advice
         return replace(advice, latency=0.0)  # a hit costs no time
 
-    def _store(self, key: str, advice: Advice) -> None:
+    def _store(self, key: str, advice: Advice, action_space: spaces.Space | None = None) -> None:
+        if advice.probs is not None and np.all(np.isfinite(advice.probs)) and np.all(advice.probs >= 0):
+            total = float(np.sum(advice.probs, dtype=np.float64))
+            if total > 0 and abs(total - 1.0) > _PROBS_TOLERANCE / 10:  # stored rows are checked to sum to 1
+                advice = replace(advice, probs=(advice.probs / total).astype(np.float32))
+        problem = advice_problem(advice, action_space)
+        if problem is not None:  # it would be rejected on every read: not worth a row
+            logger.debug("Advice not cached: %s", problem)
+            return
         try:
             self.cache.put(key, advice)
         except sqlite3.Error as exc:

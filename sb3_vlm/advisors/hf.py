@@ -12,7 +12,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 
-from sb3_vlm.advice import Advice, AdviceRequest
+from sb3_vlm.advice import Advice, AdviceRequest, image_as_uint8
 from sb3_vlm.advisors.prompted import Call, Generation, PromptedAdvisor, RetryDecision
 from sb3_vlm.advisors.prompts import PromptTemplate
 
@@ -221,7 +221,7 @@ class HFAdvisor(PromptedAdvisor):
         image = None
         if request.image is not None:
             content.append({"type": "image"})
-            image = Image.fromarray(np.ascontiguousarray(request.image, dtype=np.uint8))
+            image = Image.fromarray(np.ascontiguousarray(image_as_uint8(request.image)))
         content.append({"type": "text", "text": user})
         messages = ([{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []) + [
             {"role": "user", "content": content}

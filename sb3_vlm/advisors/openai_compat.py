@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sb3_vlm.advice import AdviceRequest
+from sb3_vlm.advice import AdviceRequest, image_as_uint8
 from sb3_vlm.advisors.prompted import Call, Distribution, Generation, PromptedAdvisor, RetryDecision
 from sb3_vlm.advisors.prompts import PromptTemplate
 
@@ -41,16 +41,17 @@ GEMINI_OPENAI_URL = "https://generativelanguage.googleapis.com/v1beta/openai/"
 
 
 def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
-    """An (H, W, 3) uint8 image as PNG (or JPEG) bytes."""
+    """An (H, W, 3) image as PNG (or JPEG) bytes: uint8, or float in [0, 1] (scaled by 255, see
+    :func:`~sb3_vlm.advice.image_as_uint8`; other ranges raise ``ValueError``)."""
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format=fmt.upper())
+    Image.fromarray(np.ascontiguousarray(image_as_uint8(image))).save(buffer, format=fmt.upper())
     return buffer.getvalue()
 
 
 def image_data_url(image: np.ndarray, fmt: str = "png") -> str:
-    """An (H, W, 3) uint8 image as a base64 ``data:`` URL."""
+    """An (H, W, 3) image (as :func:`encode_image` takes it) as a base64 ``data:`` URL."""
     return f"data:image/{fmt};base64,{base64.b64encode(encode_image(image, fmt)).decode()}"
 
 

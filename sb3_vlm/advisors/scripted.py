@@ -157,7 +157,8 @@ class NoisyAdvisor(Advisor):
 
     @property
     def identity(self) -> str:
-        keyed = ",views=keyed" if self.view_key is not None else ""
+        # a view key may name itself (ProjectedGridKey does), so two ways of cutting views never share a cache
+        keyed = f",views={getattr(self.view_key, 'identity', 'keyed')}" if self.view_key is not None else ""
         return f"noisy({self.base.identity},r={self.reliability},seed={self.seed},mode={self.mode}{keyed})"
 
     def _view_rng(self, request: AdviceRequest) -> np.random.Generator:
@@ -208,3 +209,52 @@ class NoisyAdvisor(Advisor):
             action = (space.low + space.high - np.asarray(advice.action, dtype=np.float32)).astype(np.float32)
             return Advice(action=np.clip(action, space.low, space.high), source=source, raw=advice.raw)
         return _random_answer(space, rng, source)
+
+
+class ProjectedGridKey:
+    """
+    A ``view_key`` for :class:`NoisyAdvisor` on high-dimensional continuous states: the cell of a coarse grid over a
+    fixed random 2-D projection of the normalised state.
+
+    A grid over every state dimension makes each visited state of an 11-d state its own cell, so "wrong on a fixed
+    set of views" would be per-step noise; a VLM rather confuses a whole class of views. Here the state is divided
+    by a per-dimension ``scale`` and clipped to ``[-clip, clip]``, projected by a seeded Gaussian matrix
+    ``P ~ N(0, 1/d)`` of shape ``(2, d)`` (so a state with unit-variance, independent dimensions projects to unit
+    variance), and named by its cell of side ``cell`` in the plane: nearby states share a cell, and the teacher is
+    wrong on whole regions of the state space.
+
+    :param scale: typical magnitude per state dimension (e.g. :attr:`~sb3_vlm.advisors.PolicyAdvisor.obs_scale`,
+        the std of the states a teacher trained on)
+    :param cell: side of a cell in projected units (default 0.5: about 16 cells within one std of the centre)
+    :param seed: seed of the projection (fixed per env; which cells are wrong is the :class:`NoisyAdvisor`'s seed)
+    :param clip: bound of a normalised state dimension, so outliers do not scatter into cells of their own
+    """
+
+    def __init__(self, scale: np.ndarray | Sequence[float], cell: float = 0.5, seed: int = 0, clip: float = 3.0):
+        self.scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+        if self.scale.size == 0 or not np.all(np.isfinite(self.scale)) or not np.all(self.scale > 0):
+            raise ValueError("scale must be a non-empty vector of positive numbers")
+        if cell <= 0 or clip <= 0:
+            raise ValueError(f"cell and clip must be positive, got {cell}, {clip}")
+        self.cell, self.seed, self.clip = float(cell), int(seed), float(clip)
+        d = self.scale.size
+        self.projection = np.random.default_rng(seed).standard_normal((2, d)) / np.sqrt(d)
+
+    @property
+    def identity(self) -> str:
+        scale = hashlib.sha256(self.scale.tobytes()).hexdigest()[:8]
+        return f"grid2d(d={self.scale.size},cell={self.cell:g},seed={self.seed},clip={self.clip:g},scale={scale})"
+
+    def cell_of(self, state: np.ndarray | Sequence[float]) -> tuple[int, int]:
+        """The grid cell of ``state`` (a vector of size ``len(scale)``)."""
+        x = np.asarray(state, dtype=np.float64).reshape(-1)
+        if x.shape != self.scale.shape:
+            raise ValueError(f"expected a state of size {self.scale.size}, got shape {np.shape(state)}")
+        projected = self.projection @ np.clip(x / self.scale, -self.clip, self.clip)
+        i, j = np.floor(projected / self.cell).astype(np.int64)
+        return int(i), int(j)
+
+    def __call__(self, request: AdviceRequest) -> bytes:
+        if request.state is None:
+            raise ValueError("ProjectedGridKey names a view by its privileged state: the request has none")
+        return np.asarray(self.cell_of(request.state), dtype=np.int64).tobytes()

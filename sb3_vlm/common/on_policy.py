@@ -20,12 +20,21 @@ from sb3_vlm.advice import advice_batch_from_infos, pending_in_infos
 from sb3_vlm.buffers import AdvisedDictRolloutBuffer, AdvisedRolloutBuffer
 from sb3_vlm.guidance.distill import advised_action_nll, kl_distill_loss, teacher_agreement, teacher_targets
 from sb3_vlm.guidance.schedules import CoefSchedule, as_coef_schedule
-from sb3_vlm.guidance.trust import TrustEstimator, TrustSettings, followed_continuous, followed_discrete, row_gate
+from sb3_vlm.guidance.trust import (
+    TrustEstimator,
+    TrustSettings,
+    fade_factor,
+    followed_continuous,
+    followed_discrete,
+    imitation_cap,
+    row_gate,
+)
 
 #: the default λ of GuidedPPO / GuidedA2C: the *most* weight the teacher gets, reached only once the run's evidence
-#: has raised the trust τ to 1 (λ · τ starts at 0.04). Chosen by measurement (README, "Trust that adapts"): λ = 1
-#: was faster with a good teacher but let an adversarial one be copied before any reward could expose it
-DEFAULT_TEACHER_COEF = 0.2
+#: has raised the trust τ to 1 (λ · τ starts at 0.2). Chosen by measurement (README, "Trust that adapts"): without the
+#: trust's imitation cap λ = 1 let a wrong teacher be copied before any reward could expose it and 0.2 was the safe
+#: choice; with the cap, λ = 1 is as safe and faster with a good teacher
+DEFAULT_TEACHER_COEF = 1.0
 
 
 def evaluate_actions_with_distribution(
@@ -139,11 +148,21 @@ class GuidedOnPolicyMixin:
         return self.trust_estimator.trust if self.trust_estimator is not None else 1.0
 
     @property
+    def current_imitation_cap(self) -> float | None:
+        """The trust's imitation cap ``c(τ)`` (:func:`~sb3_vlm.guidance.trust.imitation_cap`); None without one."""
+        if self.trust is None or not isinstance(self.action_space, spaces.Discrete):
+            return None
+        return imitation_cap(self.teacher_trust, self.trust, int(self.action_space.n))
+
+    @property
     def current_teacher_coef(self) -> float:
         if not self.guidance_enabled:
             return 0.0
         schedule = as_coef_schedule(self.teacher_coef)
-        return float(schedule(self._n_guided_updates, self._current_progress_remaining)) * self.teacher_trust
+        coef = float(schedule(self._n_guided_updates, self._current_progress_remaining)) * self.teacher_trust
+        if self.trust is not None:
+            coef *= fade_factor(self._current_progress_remaining, self.trust)
+        return coef
 
     def collect_rollouts(
         self,
@@ -290,11 +309,17 @@ class GuidedOnPolicyMixin:
             "advice_gated_frac": float(((weight == 0) & (valid > 0)).sum()) / max(int((valid > 0).sum()), 1),
         }
 
-    def _advice_in_action_units(self, targets: np.ndarray) -> np.ndarray:
-        """Box advice (env units) in the units of the stored actions: [-1, 1] when the policy squashes (gSDE)."""
+    def _advice_in_action_units(self, targets: Any) -> Any:
+        """
+        Box advice (env units) in the units of the policy's distribution and stored actions: [-1, 1] when the policy
+        squashes (gSDE, as SB3 scales actions), else unchanged. Takes numpy arrays or tensors.
+        """
         if not self.policy.squash_output:
             return targets
         low, high = self.action_space.low, self.action_space.high  # type: ignore[attr-defined]
+        if isinstance(targets, th.Tensor):
+            low = th.as_tensor(low, device=targets.device, dtype=targets.dtype)
+            high = th.as_tensor(high, device=targets.device, dtype=targets.dtype)
         return 2.0 * (targets - low) / (high - low) - 1.0
 
     def _policy_outputs(self, buf: Any, fn: Any, chunk: int = 4096) -> np.ndarray:
@@ -347,22 +372,33 @@ class GuidedOnPolicyMixin:
         The distillation term (without λ) and the teacher agreement of one minibatch; ``advice_weight`` are the
         rows' weights (the trust's per-state gate).
 
-        Discrete: ``D_KL(target ‖ π_θ(·|s))`` with ``target`` the soft teacher probabilities or their one-hot argmax.
-        Box: ``−log π_θ(a_v|s)`` of the advised action (in env units, as PPO's Gaussian is).
+        Discrete: ``D_KL(target ‖ π_θ(·|s))`` with ``target`` the soft teacher probabilities or their one-hot argmax,
+        on rows below the trust's imitation cap.
+        Box: ``−log π_θ(a_v|s)`` of the advised action (in env units, as PPO's Gaussian is), with the std held
+        constant under the cap.
         """
         if isinstance(self.action_space, spaces.Discrete):
             log_probs = distribution.distribution.logits  # type: ignore[union-attr]  # normalised log-probs
             targets = teacher_targets(advice_targets, self.teacher_target)
-            return kl_distill_loss(targets, log_probs, advice_valid, advice_weight), teacher_agreement(
-                advice_targets, log_probs, advice_valid
-            )
+            loss = kl_distill_loss(targets, log_probs, advice_valid, advice_weight, cap=self.current_imitation_cap)
+            return loss, teacher_agreement(advice_targets, log_probs, advice_valid)
         assert isinstance(self.action_space, spaces.Box)
-        if self.policy.squash_output:
-            # gSDE with squashing: the distribution lives in [-1, 1], the advice in env units (as SB3 scales actions)
-            low = th.as_tensor(self.action_space.low, device=advice_targets.device, dtype=advice_targets.dtype)
-            high = th.as_tensor(self.action_space.high, device=advice_targets.device, dtype=advice_targets.dtype)
-            advice_targets = 2.0 * (advice_targets - low) / (high - low) - 1.0
-        advised_log_prob = distribution.log_prob(advice_targets)
+        advised = self._advice_in_action_units(advice_targets)
+        gaussian = getattr(distribution, "distribution", None)
+        if (
+            self.trust is not None
+            and self.trust.cap
+            and not self.policy.squash_output
+            and isinstance(gaussian, th.distributions.Normal)
+        ):
+            # the Box counterpart of the imitation cap: imitation moves the mean but never narrows the exploration
+            # noise (the std is held constant in the NLL), so no teacher, trusted or not, can collapse the
+            # exploration that would expose it; the policy gradient alone sets the std. (Scaling the std's gradient
+            # by τ is not enough: Adam normalises the scale away, as we measured.)
+            scaled = th.distributions.Normal(gaussian.mean, gaussian.stddev.detach())
+            advised_log_prob = scaled.log_prob(advised).sum(dim=-1)
+        else:
+            advised_log_prob = distribution.log_prob(advised)
         # agreement for continuous actions is not a meaningful count: report the fraction of valid rows instead
         return advised_action_nll(advised_log_prob, advice_valid, advice_weight), advice_valid.float().mean()
 
@@ -374,6 +410,8 @@ class GuidedOnPolicyMixin:
         self.logger.record("train/teacher_agreement", float(np.mean(agreements)) if agreements else 0.0)
         if self.trust is not None:
             self.logger.record("train/teacher_trust", self.teacher_trust)
+            if self.current_imitation_cap is not None:
+                self.logger.record("train/imitation_cap", self.current_imitation_cap)
             for key, value in self._trust_stats.items():
                 self.logger.record(f"train/{key}", value)
         if self._advice_late or self._advice_missed:

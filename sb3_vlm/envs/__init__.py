@@ -1,6 +1,7 @@
 """
 Environments with teacher views: the papers' suite through :func:`make` (DMControl pixels, CarRacing, CARLA, MiniGrid),
-Pendulum for quick continuous-control runs. Optional dependencies are imported only when an env is made.
+Pendulum for quick continuous-control runs, MuJoCo state tasks with trained-policy teachers (``mujoco_state``).
+Optional dependencies are imported only when an env is made.
 """
 
 import importlib
@@ -21,6 +22,7 @@ _MODULES = {
     ],
     "carla": ["CarlaEnv", "action_to_control", "highway_reward", "jaywalk_reward", "make_carla_env"],
     "minigrid": ["MiniGridOracle", "MiniGridTeacherView", "make_minigrid_env"],
+    "mujoco_state": ["TEACHERS_DIR", "StateTeacherView", "load_teacher", "make_state_env", "teacher_path"],
     "pendulum": [
         "PendulumSwingUpOracle",
         "PendulumTeacherView",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -42,12 +44,19 @@ def make_advisor(name: str, seed: int) -> Advisor:
 
 
 class EvalCurveCallback(BaseCallback):
-    """Deterministic evaluation every ``every`` steps on a plain Pendulum (no advisor: the policy stands alone)."""
+    """
+    Deterministic evaluation every ``every`` steps on a plain env (no advisor: the policy stands alone).
 
-    def __init__(self, every: int, episodes: int, seed: int):
+    :param every: env steps between evaluations
+    :param episodes: episodes per evaluation
+    :param seed: the evaluation env is reset with ``10_000 + seed``
+    :param make_env: builds the evaluation env (default: Pendulum)
+    """
+
+    def __init__(self, every: int, episodes: int, seed: int, make_env: Callable[[], gym.Env] = make_pendulum_env):
         super().__init__()
         self.every, self.episodes = every, episodes
-        self.eval_env = Monitor(make_pendulum_env())
+        self.eval_env = Monitor(make_env())
         self.eval_env.reset(seed=10_000 + seed)
         self.steps: list[int] = []
         self.returns: list[float] = []

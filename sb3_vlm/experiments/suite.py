@@ -6,16 +6,22 @@ RL algorithm's hyperparameters, the same for guided and unguided runs). Teachers
 
 - ``r1.0`` / ``r0.8`` / ``r0.5``: the env's oracle, wrong on a fixed share of views (:class:`NoisyAdvisor` with a
   ``view_key``, so the wrong views are fixed, as a temperature-0 VLM's are; on continuous states the key is a coarse
-  grid, so the teacher is wrong on whole regions);
+  grid, so the teacher is wrong on whole regions: over Pendulum's (θ, θ̇), and over a fixed random 2-D projection of
+  the normalised state on the MuJoCo tasks, :class:`ProjectedGridKey`);
 - ``adversarial``: wrong on every view in a systematic way (discrete: the next action after the right one;
   continuous: the right action mirrored through the centre of the box);
 - ``constant``: ERPv's "worst model", the same action (0 / zeros) everywhere.
+
+The oracles: MiniGrid's planner, Pendulum's swing-up controller, and on the MuJoCo state tasks an SB3 SAC policy
+trained once by ``benchmarks/train_teachers.py`` (:class:`~sb3_vlm.advisors.PolicyAdvisor`, shipped as
+``sb3_vlm/envs/teachers/<env id>.npz``).
 
 Used by ``benchmarks/suite.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -23,13 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_vlm.advice import AdviceRequest
 from sb3_vlm.advisors.base import Advisor
 from sb3_vlm.advisors.cache import AdviceCache
-from sb3_vlm.advisors.scripted import ConstantAdvisor, NoisyAdvisor
+from sb3_vlm.advisors.scripted import ConstantAdvisor, NoisyAdvisor, ProjectedGridKey
 from sb3_vlm.experiments.runner import steps_to_threshold
 from sb3_vlm.guidance.trust import TrustSettings
 
@@ -67,8 +74,24 @@ ENVS: dict[str, SuiteEnv] = {
         SuiteEnv("DoorKey-8x8", "discrete", "MiniGrid-DoorKey-8x8-v0", 200_000, ("ppo",)),
         SuiteEnv("Fetch-8x8-N3", "discrete", "MiniGrid-Fetch-8x8-N3-v0", 150_000, ("ppo",)),
         SuiteEnv("Pendulum", "continuous", "Pendulum-v1", 20_000, ("sac",), random_return=-1230.0),
+        # MuJoCo state tasks with trained-SAC teachers. Budgets: where unguided SAC is assumed to have learned only
+        # part of the task (SAC balances InvertedPendulum in ~10k steps, InvertedDoublePendulum in ~30-50k, and
+        # reaches Reacher's plateau in ~50-100k), not measured yet. random_return: mean return of a uniform random
+        # policy over 20 episodes (env.reset(seed=i), i = 0..19, action_space.seed(0)): 4.45 ± 2.4 (episodes of
+        # ~5 steps), 52.4 ± 14.8 (~7 steps), -43.9 ± 4.6 (50 steps).
+        SuiteEnv("InvertedPendulum", "continuous", "InvertedPendulum-v5", 10_000, ("sac",), random_return=4.45),
+        SuiteEnv(
+            "InvertedDoublePendulum", "continuous", "InvertedDoublePendulum-v5", 30_000, ("sac",), random_return=52.4
+        ),
+        SuiteEnv("Reacher", "continuous", "Reacher-v5", 30_000, ("sac",), random_return=-43.9),
     )
 }
+
+#: SAC on the MuJoCo state tasks, the same for guided and unguided runs. rl-baselines3-zoo has no SAC entry for these
+#: tasks; its MuJoCo entries are SB3's defaults with a 10k-step warm-up for 1M-step runs, so: SB3's defaults, with a
+#: warm-up of 1000 random steps for 10-30k budgets, and a buffer of 100k (never full within a budget, so sampling is
+#: exactly as with the default 1M, at a tenth of the memory).
+MUJOCO_SAC_KWARGS: dict[str, Any] = dict(learning_starts=1000, buffer_size=100_000)
 
 
 def _view_digest(request: AdviceRequest) -> bytes:
@@ -88,9 +111,34 @@ def _region_digest(bins: int) -> Callable[[AdviceRequest], bytes]:
     return digest
 
 
-def make_advisor(name: str, oracle: Advisor, family: str, seed: int) -> Advisor:
-    """The suite's teacher ``name`` (see the module docstring) around the env's ``oracle``."""
-    view_key = _view_digest if family == "discrete" else _region_digest(bins=12)
+def default_view_key(oracle: Advisor, family: str) -> Callable[[AdviceRequest], bytes]:
+    """
+    How the suite names views: by content (discrete); by a 12-per-dimension grid of Pendulum's (θ, θ̇); and, for a
+    policy teacher (which carries the scale of its states), by a cell of a fixed 2-D projection of the normalised
+    state, since a grid over every dimension of an 11-d state would make each state a cell of its own.
+    """
+    if family == "discrete":
+        return _view_digest
+    obs_scale = getattr(oracle, "obs_scale", None)
+    if obs_scale is not None:
+        return ProjectedGridKey(obs_scale, cell=0.5, seed=0)
+    return _region_digest(bins=12)
+
+
+def make_advisor(
+    name: str,
+    oracle: Advisor,
+    family: str,
+    seed: int,
+    view_key: Callable[[AdviceRequest], bytes] | None = None,
+) -> Advisor:
+    """
+    The suite's teacher ``name`` (see the module docstring) around the env's ``oracle``.
+
+    :param view_key: names the views a partially reliable teacher is wrong on; None: :func:`default_view_key`
+    """
+    if view_key is None:
+        view_key = default_view_key(oracle, family)
     if name in ADVISORS and name.startswith("r"):
         reliability = float(name[1:])
         if reliability >= 1.0:
@@ -138,24 +186,42 @@ def _discrete_run(job: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _continuous_setup(env: SuiteEnv) -> tuple[Advisor, Callable[[], gym.Env], Callable[[], gym.Env], dict[str, Any]]:
+    """The env's oracle, its training env (with a teacher view), its evaluation env and the base SAC arguments."""
+    if env.env_id == "Pendulum-v1":
+        from sb3_vlm.envs.pendulum import PendulumSwingUpOracle, make_pendulum_env
+        from sb3_vlm.experiments.pendulum import SAC_KWARGS
+
+        return PendulumSwingUpOracle(), make_pendulum_env, make_pendulum_env, SAC_KWARGS
+    from sb3_vlm.envs.mujoco_state import load_teacher, make_state_env
+
+    teacher = load_teacher(env.env_id)  # FileNotFoundError naming benchmarks/train_teachers.py if not trained yet
+    return (
+        teacher,
+        functools.partial(make_state_env, env.env_id),
+        functools.partial(gym.make, env.env_id),
+        MUJOCO_SAC_KWARGS,
+    )
+
+
 def _continuous_run(job: dict[str, Any]) -> dict[str, Any]:
     from stable_baselines3 import SAC
     from stable_baselines3.common.monitor import Monitor
 
-    from sb3_vlm.envs.pendulum import PendulumSwingUpOracle, make_pendulum_env
-    from sb3_vlm.experiments.pendulum import SAC_KWARGS, EvalCurveCallback
+    from sb3_vlm.experiments.pendulum import EvalCurveCallback
     from sb3_vlm.sac import GuidedSAC
     from sb3_vlm.wrappers.advice import VLMAdviceWrapper
 
+    oracle, make_env, make_eval_env, sac_kwargs = _continuous_setup(ENVS[job["env"]])
     guided = job["advisor"] != UNGUIDED
     trace = GuidanceTrace()
-    curve = EvalCurveCallback(every=1000, episodes=5, seed=job["seed"])
+    curve = EvalCurveCallback(every=1000, episodes=5, seed=job["seed"], make_env=make_eval_env)
     if guided:
-        advisor = make_advisor(job["advisor"], PendulumSwingUpOracle(), "continuous", job["seed"])
-        env = VLMAdviceWrapper(Monitor(make_pendulum_env()), advisor)
-        model: Any = GuidedSAC("MlpPolicy", env, seed=job["seed"], **SAC_KWARGS, **(job.get("guided_kwargs") or {}))
+        advisor = make_advisor(job["advisor"], oracle, "continuous", job["seed"])
+        env = VLMAdviceWrapper(Monitor(make_env()), advisor)
+        model: Any = GuidedSAC("MlpPolicy", env, seed=job["seed"], **sac_kwargs, **(job.get("guided_kwargs") or {}))
     else:
-        model = SAC("MlpPolicy", Monitor(make_pendulum_env()), seed=job["seed"], **SAC_KWARGS)
+        model = SAC("MlpPolicy", Monitor(make_env()), seed=job["seed"], **sac_kwargs)
     model.learn(job["steps"], callback=[curve, trace])
     return dict(
         curve_steps=curve.steps,
@@ -172,6 +238,7 @@ class GuidanceTrace(BaseCallback):
         "train/teacher_trust",
         "train/teacher_coef",
         "train/trust_evidence",
+        "train/imitation_cap",
         "train/advice_gated_frac",
         "train/advice_followed_frac",
         "train/teacher_agreement",
@@ -323,8 +390,10 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
 __all__ = [
     "ADVISORS",
     "ENVS",
+    "MUJOCO_SAC_KWARGS",
     "UNGUIDED",
     "SuiteEnv",
+    "default_view_key",
     "job_key",
     "make_advisor",
     "markdown_table",

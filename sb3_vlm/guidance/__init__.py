@@ -1,5 +1,6 @@
 from sb3_vlm.guidance.distill import (
     advised_action_nll,
+    capped_rows,
     kl_distill_loss,
     masked_mean,
     teacher_agreement,
@@ -23,6 +24,7 @@ __all__ = [
     "TrustSettings",
     "advised_action_nll",
     "as_coef_schedule",
+    "capped_rows",
     "kl_distill_loss",
     "masked_mean",
     "teacher_agreement",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import math
+import numbers
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -12,14 +14,25 @@ class CoefSchedule(Protocol):
     def __call__(self, n_updates: int, progress_remaining: float) -> float: ...
 
 
+def check_coef(value: Any, name: str = "guidance coefficient") -> float:
+    """``value`` as a float; a ``ValueError`` unless it is a finite, non-negative number (a NaN or infinite λ makes
+    every later loss NaN and the run crashes updates later, far from the cause; issue 17)."""
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite, non-negative number, got {value}")
+    return value
+
+
 class ConstantCoef:
     """Constant λ (LVLM2P uses λ = 0.01 throughout).
 
-    :param value: the coefficient
+    :param value: the coefficient (finite, non-negative)
     """
 
     def __init__(self, value: float):
-        self.value = float(value)
+        self.value = check_coef(value)
 
     def __call__(self, n_updates: int, progress_remaining: float) -> float:
         return self.value
@@ -42,9 +55,8 @@ class KickstartingCoef:
     def __init__(self, initial: float = 1.0, decay: float = 0.95, floor: float = 0.0, cutoff: int | None = None):
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
-        if floor < 0 or initial < 0:
-            raise ValueError("initial and floor must be non-negative")
-        self.initial, self.decay, self.floor, self.cutoff = float(initial), float(decay), float(floor), cutoff
+        initial, floor = check_coef(initial, "initial"), check_coef(floor, "floor")
+        self.initial, self.decay, self.floor, self.cutoff = initial, float(decay), floor, cutoff
 
     def __call__(self, n_updates: int, progress_remaining: float) -> float:
         if self.cutoff is not None and n_updates >= self.cutoff:
@@ -68,7 +80,10 @@ class LinearDecayCoef:
     def __init__(self, initial: float = 2.0, delta: float = 0.01, every: int = 200, floor: float = 0.1):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        self.initial, self.delta, self.every, self.floor = float(initial), float(delta), int(every), float(floor)
+        if not math.isfinite(delta):
+            raise ValueError(f"delta must be finite, got {delta}")
+        initial, floor = check_coef(initial, "initial"), check_coef(floor, "floor")
+        self.initial, self.delta, self.every, self.floor = initial, float(delta), int(every), floor
 
     def __call__(self, n_updates: int, progress_remaining: float) -> float:
         return max(self.floor, self.initial - self.delta * (n_updates // self.every))
@@ -77,12 +92,44 @@ class LinearDecayCoef:
         return f"LinearDecayCoef({self.initial}, delta={self.delta}, every={self.every}, floor={self.floor})"
 
 
-def as_coef_schedule(coef: float | CoefSchedule) -> CoefSchedule:
-    """A float becomes :class:`ConstantCoef`; a schedule is returned as is."""
-    if isinstance(coef, (int, float)):
-        if coef < 0:
-            raise ValueError(f"A guidance coefficient must be non-negative, got {coef}")
-        return ConstantCoef(float(coef))
-    if callable(coef):
+class CheckedCoef:
+    """
+    A schedule whose every value is checked: a NaN, infinite or negative λ stops training with a ``ValueError``
+    that names the schedule and the update, before the value reaches a loss (issue 17).
+
+    :param schedule: the schedule to check
+    :param name: what it is, for the message
+    """
+
+    def __init__(self, schedule: CoefSchedule, name: str = "guidance coefficient"):
+        self.schedule, self.name = schedule, name
+
+    def __call__(self, n_updates: int, progress_remaining: float) -> float:
+        value = self.schedule(n_updates, progress_remaining)
+        try:
+            return check_coef(value, self.name)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"The {self.name} schedule {self.schedule!r} gave {value!r} at update {n_updates}: {exc}"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"CheckedCoef({self.schedule!r})"
+
+
+def as_coef_schedule(coef: float | CoefSchedule, name: str = "guidance coefficient") -> CoefSchedule:
+    """
+    A number becomes :class:`ConstantCoef` (a ``ValueError`` unless finite and non-negative); the schedules of this
+    module are returned as they are (their arguments are checked when they are built); any other callable comes
+    wrapped in :class:`CheckedCoef`, which checks each value it gives.
+
+    :param coef: a number or a schedule
+    :param name: what it is (``"teacher_coef"``, ``"guidance_coef"``), for error messages
+    """
+    if isinstance(coef, numbers.Real):
+        return ConstantCoef(check_coef(coef, name))
+    if isinstance(coef, (ConstantCoef, KickstartingCoef, LinearDecayCoef, CheckedCoef)):
         return coef
+    if callable(coef):
+        return CheckedCoef(coef, name)
     raise TypeError(f"Expected a float or a CoefSchedule, got {type(coef).__name__}")

@@ -24,13 +24,26 @@ weight follows the evidence the run itself produces, from the GAE advantages the
   in which the agent (almost) never takes the advice although the distillation term pulls it there moves τ down by
   ``η / 2``: what the agent learned from the rewards overrides the teacher, and the advice can no longer be
   measured. The distillation weight is
-  ``λ · τ`` with λ the user's ``teacher_coef`` (a float or a schedule).
+  ``λ · τ`` (times the fade below) with λ the user's ``teacher_coef`` (a float or a schedule).
 
 - **per state**, a row's distillation term is switched off where the rollout contradicts the advice there: the
   agent took the advised action and did clearly worse than expected (``Â < −m``), or took another action and did
   clearly better (``Â > m``), with ``Â`` the advantage divided by the rollout's advantage standard deviation. The
   policy gradient then acts alone on those rows instead of being fought by the KL term; systematic teacher errors
   (a whole class of views) are exactly the rows that keep producing such evidence.
+
+- **an imitation cap** (discrete actions): imitation raises the probability of the teacher's top action no higher
+  than ``c(τ) = c_0 + (1 − c_0) · τ``, ``c_0 = 1 / n_actions`` by default (an untrusted teacher adds no preference
+  over a uniform policy); rows past it are pulled back to ``c`` (:func:`~sb3_vlm.guidance.distill.capped_rows`).
+  The evidence needs rewards, and in a sparse-reward task a teacher that the policy copies outright (a constant
+  "turn left") blocks the exploration that would ever produce one, so τ never learns that it is wrong. Under the cap
+  the policy keeps a share ``1 − c`` of its own choices until the teacher has earned more; the policy gradient may
+  still raise the advised action beyond ``c``. Box actions: the imitation term moves the Gaussian's mean but holds
+  its std constant, so it never narrows the exploration noise.
+
+- **a fade**: the weight is multiplied by :func:`fade_factor`, 1 for the first half of ``learn()`` and then linearly
+  down to 0 at its end, so the views a systematic teacher gets wrong (which τ, an average, cannot single out) are
+  corrected by the rewards before training ends.
 
 "Took the advised action": Discrete, the action is the teacher's most probable one (rows where the teacher is
 uniform carry no advice to follow and are left out of the evidence); Box, the sampled action lies closer to the
@@ -63,6 +76,16 @@ class TrustSettings:
     :param row_margin: m, how far (in advantage standard deviations) a row's advantage must contradict the advice
         for its distillation term to be switched off; ``None`` disables the per-state gate
     :param min_rows: the fewest rows each of F and N needs for the rollout to count as evidence
+    :param cap: the imitation cap (discrete actions): the distillation term pulls ``π(a_v|s)`` no higher than
+        ``c(τ) = c_0 + (1 − c_0) · τ`` (:func:`imitation_cap`), so before the run has evidence a teacher cannot take
+        over the policy and the rest of the time it explores; False: off (LVLM2P's term)
+    :param cap_floor: c_0, the cap at τ = 0; None (default): ``1 / n_actions``, a uniform policy's probability, so an
+        untrusted teacher may raise its advice no higher than no preference at all would
+    :param fade_start: the fraction of ``learn()``'s budget after which the teacher's weight fades linearly to 0 at
+        its end (:func:`fade_factor`); None: no fade. The trust is an average over states and cannot single out the
+        views a systematic teacher gets wrong; a copied wrong view is harmless to a sampling policy but traps the
+        deterministic one in a loop. Letting go over the second half leaves the rewards time to correct those
+        views, so the final policy is RL's own (a training-time teacher, as kickstarting's schedule has it)
     """
 
     initial: float = 0.2
@@ -72,6 +95,9 @@ class TrustSettings:
     idle_decay: float = 0.0
     row_margin: float | None = 0.5
     min_rows: int = 4
+    cap: bool = True
+    cap_floor: float | None = None
+    fade_start: float | None = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.initial <= 1.0:
@@ -84,10 +110,35 @@ class TrustSettings:
             raise ValueError(f"row_margin must be >= 0 or None, got {self.row_margin}")
         if not self.idle_decay >= 0:
             raise ValueError(f"idle_decay must be >= 0, got {self.idle_decay}")
+        if self.cap_floor is not None and not 0.0 < self.cap_floor <= 1.0:
+            raise ValueError(f"cap_floor must be in (0, 1] or None (1 / n_actions), got {self.cap_floor}")
+        if self.fade_start is not None and not 0.0 <= self.fade_start < 1.0:
+            raise ValueError(f"fade_start must be in [0, 1) or None, got {self.fade_start}")
         if self.window < 1:
             raise ValueError(f"window must be >= 1 row, got {self.window}")
         if self.min_rows < 2:
             raise ValueError(f"min_rows must be >= 2 (a variance needs two rows), got {self.min_rows}")
+
+
+def imitation_cap(trust: float, settings: TrustSettings, n_actions: int) -> float | None:
+    """
+    ``c(τ) = c_0 + (1 − c_0) · τ``, the most probability imitation may give the advised action (None: no cap);
+    ``c_0`` is ``settings.cap_floor``, by default ``1 / n_actions``.
+    """
+    if not settings.cap:
+        return None
+    floor = settings.cap_floor if settings.cap_floor is not None else 1.0 / n_actions
+    return float(floor + (1.0 - floor) * float(np.clip(trust, 0.0, 1.0)))
+
+
+def fade_factor(progress_remaining: float, settings: TrustSettings) -> float:
+    """
+    ``min(1, (1 − p) / (1 − p_0))`` with ``p = 1 − progress_remaining`` the fraction of ``learn()`` done and
+    ``p_0 = settings.fade_start``: 1 until ``p_0``, then linearly down to 0 at the end (1 without a fade).
+    """
+    if settings.fade_start is None:
+        return 1.0
+    return float(np.clip(progress_remaining / (1.0 - settings.fade_start), 0.0, 1.0))
 
 
 def followed_discrete(
@@ -234,8 +285,10 @@ __all__ = [
     "TrustEstimator",
     "TrustSettings",
     "advice_evidence",
+    "fade_factor",
     "followed_continuous",
     "followed_discrete",
+    "imitation_cap",
     "row_gate",
     "updated_trust",
 ]

@@ -37,11 +37,13 @@ class GuidedPPO(GuidedOnPolicyMixin, PPO):
     :param teacher_coef: λ, the most weight the teacher gets: a float or a :class:`~sb3_vlm.guidance.CoefSchedule`
         of the number of updates. With ``trust`` the term's weight is ``λ · τ``, τ ∈ [0, 1] the trust the run's own
         evidence puts in the teacher (starting at 0.2), so λ is reached only by a teacher whose advice is shown to
-        pay (default 0.2, measured with trust on; LVLM2P's fixed λ is 0.01: ``trust=False, teacher_coef=0.01``)
+        pay (default 1.0, measured with trust on; LVLM2P's fixed λ is 0.01: ``trust=False, teacher_coef=0.01``)
     :param trust: adaptive trust (:mod:`sb3_vlm.guidance.trust`): ``True`` (default settings), a
         :class:`~sb3_vlm.guidance.TrustSettings`, or ``False`` for LVLM2P's fixed λ. After each rollout, τ moves by
         the t statistic of an importance-weighted contrast of GAE advantages between steps that took the advised
-        action and steps that did not, and rows whose own advantage contradicts the advice drop out of the term
+        action and steps that did not, rows whose own advantage contradicts the advice drop out of the term, and
+        (discrete actions) imitation may raise ``π(a_v|s)`` no higher than ``c(τ) = 1/n + (1 − 1/n) · τ``; the
+        weight fades to 0 over the second half of ``learn()``, so the final policy is RL's own
     :param teacher_target: ``"soft"`` distils the teacher's probabilities (LVLM2P), ``"hard"`` their one-hot argmax
         (the paper's ablation). Ignored for Box action spaces, which use ``−log π_θ(a_v|s)`` of the advised action.
     :param advice_key: info key the advice wrapper writes (default ``"vlm_advice"``)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import pathlib
 import warnings
+import zipfile
+from collections.abc import Iterable
 from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
@@ -193,7 +197,7 @@ class GuidedSAC(SAC):
             guidance_coef = preset["guidance_coef"] if preset["guidance"] == guidance else None
         if guidance_coef is None:
             guidance_coef = LinearDecayCoef() if guidance == "annealed_mse" else 10.0 if guidance != "mse" else 2.0
-        as_coef_schedule(guidance_coef)  # validate before building anything
+        as_coef_schedule(guidance_coef, "guidance_coef")  # validate before building anything
         if guidance_cutoff is None:
             guidance_cutoff = preset.get("guidance_cutoff")
         for name, value, allowed in (
@@ -386,7 +390,8 @@ class GuidedSAC(SAC):
 
     @property
     def current_guidance_coef(self) -> float:
-        return float(as_coef_schedule(self.guidance_coef)(self._n_updates, self._current_progress_remaining))
+        schedule = as_coef_schedule(self.guidance_coef, "guidance_coef")  # checks each value of a custom schedule
+        return float(schedule(self._n_updates, self._current_progress_remaining))
 
     def _critic_features(self, obs: PyTorchObs) -> th.Tensor:
         with th.no_grad():
@@ -619,13 +624,70 @@ class GuidedSAC(SAC):
             "ver_term",
         ]
 
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts, saved_pytorch_variables = super()._get_torch_save_params()
-        if self.advice_critic is not None:
-            state_dicts.append("advice_critic")
-        if self.transition_model is not None:
-            state_dicts += ["transition_model", "transition_optimizer"]
-        return state_dicts, saved_pytorch_variables
+    #: the zip member holding the guidance modules' state dicts. Not a ``.pth`` file, so plain ``SAC.load`` (which
+    #: loads every ``.pth`` member as a parameter of a SAC) ignores it and the saved student loads as a SAC
+    GUIDANCE_MEMBER = "sb3_vlm_guidance.pt"
+
+    def _guidance_modules(self) -> dict[str, Any]:
+        modules: dict[str, Any] = {"advice_critic": self.advice_critic, "transition_model": self.transition_model}
+        modules["transition_optimizer"] = self.transition_optimizer
+        return {name: module for name, module in modules.items() if module is not None}
+
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """
+        ``SAC.save``, plus the guidance modules (C_V, VER's transition model and its optimizer) as one extra zip
+        member of state dicts. The file loads with ``GuidedSAC.load`` (everything) and with plain
+        ``stable_baselines3.SAC.load`` (the student alone: the teacher is a training-time aid).
+        """
+        super().save(path, exclude, include)
+        buffer = io.BytesIO()
+        th.save({name: module.state_dict() for name, module in self._guidance_modules().items()}, buffer)
+        if isinstance(path, io.BufferedIOBase):
+            path.seek(0)
+            target: Any = path
+        else:  # where SB3's save_to_zip_file wrote: ".zip" appended to a path without a suffix
+            target = pathlib.Path(path)
+            target = target if target.suffix else pathlib.Path(f"{target}.zip")
+        with zipfile.ZipFile(target, mode="a") as archive:
+            archive.writestr(self.GUIDANCE_MEMBER, buffer.getvalue())
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfGuidedSAC],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfGuidedSAC:
+        """``SAC.load`` that also restores the guidance modules saved by :meth:`save`."""
+        model = super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        if isinstance(path, io.BufferedIOBase):
+            path.seek(0)
+            source: Any = path
+        else:  # what SB3's load opened: the path, else the path with ".zip" appended
+            source = pathlib.Path(path)
+            source = source if source.is_file() else pathlib.Path(f"{source}.zip")
+        with zipfile.ZipFile(source) as archive:
+            if model.GUIDANCE_MEMBER not in archive.namelist():
+                return model
+            # weights_only: tensors and plain containers only, nothing a received file could execute
+            states = th.load(
+                io.BytesIO(archive.read(model.GUIDANCE_MEMBER)), map_location=model.device, weights_only=True
+            )
+        modules = model._guidance_modules()
+        for name, state in states.items():
+            if name not in modules:
+                raise ValueError(f"{path}: saved guidance module {name!r} has no counterpart in the loaded model")
+            modules[name].load_state_dict(state)
+        return model
 
     def learn(  # type: ignore[override]
         self: SelfGuidedSAC,

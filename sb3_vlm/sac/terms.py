@@ -10,6 +10,8 @@ VPG term and VER, and a batch computes it once (:meth:`GuidanceBatch.gate_weight
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -292,7 +294,7 @@ class VERSettings:
     are averaged over all valid rows, so VER's pull shrinks with the share of trusted advice. ``gated=False`` is the
     paper's unweighted eq. 7.
 
-    :param coef: λ2 of eq. 7 (ERPv: 10)
+    :param coef: λ2 of eq. 7 (ERPv: 10); finite and non-negative
     :param alpha_target: ``"decreasing"`` (``ᾱ = sigmoid(−G)``, the behaviour ERPv describes) or ``"paper"``
         (the printed ``sigmoid(G)``); see :func:`~sb3_vlm.guidance.actor_guidance.alpha_target`
     :param confidence: ``"transition"`` (eq. 6), ``"action_mse"`` (ablation M4: ``G = 1/‖a_v − a_π‖²``) or
@@ -321,8 +323,8 @@ class VERSettings:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"VERSettings.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.coef < 0:
-            raise ValueError(f"VERSettings.coef must be non-negative, got {self.coef}")
+        if not (isinstance(self.coef, numbers.Real) and math.isfinite(self.coef) and self.coef >= 0):
+            raise ValueError(f"VERSettings.coef must be a finite, non-negative number, got {self.coef!r}")
 
 
 def ver_settings(ver: bool | VERSettings | None, default: bool) -> VERSettings | None:

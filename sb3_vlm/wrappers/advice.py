@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable
 from typing import Any, SupportsFloat
@@ -41,8 +42,9 @@ def default_teacher_view(env: gym.Env, obs: Any) -> AdviceRequest:
 
 def resolve_advisor(advisor: Advisor, query_every: int, cache: AdviceCache | str | os.PathLike[str] | None) -> Advisor:
     """Check the arguments both advice wrappers share and put the cache in front of the advisor."""
-    if query_every < 1:
-        raise ValueError(f"query_every must be >= 1, got {query_every}")
+    # an int only: with 2.5, `step % 2.5 == 0` silently asks on every 5th step
+    if isinstance(query_every, bool) or not isinstance(query_every, numbers.Integral) or query_every < 1:
+        raise ValueError(f"query_every must be a positive int, got {query_every!r}")
     if not isinstance(advisor, Advisor):
         raise TypeError(f"advisor must be an sb3_vlm Advisor, got {type(advisor).__name__}")
     return advisor if cache is None else CachedAdvisor(advisor, cache)
@@ -89,8 +91,8 @@ class VLMAdviceWrapper(gym.Wrapper):
 
     :param env: the environment
     :param advisor: who answers (scripted, API or local VLM)
-    :param query_every: ask on every k-th step of an episode, starting with its first observation (ERPv queries
-        every 10 frames); other steps carry invalid advice
+    :param query_every: ask on every k-th step of an episode (k a positive int), starting with its first observation
+        (ERPv queries every 10 frames); other steps carry invalid advice
     :param teacher_view: ``f(env, obs) -> AdviceRequest``: what the teacher sees (default:
         :func:`default_teacher_view`)
     :param cache: an :class:`AdviceCache`, a path to one, or None for no cache
@@ -115,7 +117,7 @@ class VLMAdviceWrapper(gym.Wrapper):
         self.advisor: Advisor = resolve_advisor(advisor, query_every, cache)
         self.base_advisor = advisor
         self.background = background_for(advisor, self.advisor, non_blocking)
-        self.query_every = query_every
+        self.query_every = int(query_every)
         self.teacher_view = teacher_view or default_teacher_view
         self.info_key = info_key
         self._episode_step = 0

@@ -43,7 +43,7 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
     :param venv: the vectorised env (``DummyVecEnv`` or ``SubprocVecEnv``; views come from each env's
         ``teacher_request()`` through ``env_method``)
     :param advisor: who answers
-    :param query_every: ask on every k-th step of each episode; other steps carry invalid advice
+    :param query_every: ask on every k-th step of each episode (k a positive int); other steps carry invalid advice
     :param teacher_view: ``f(venv, index, obs) -> AdviceRequest`` (default :func:`default_vec_teacher_view`)
     :param cache: an :class:`AdviceCache`, a path, or None
     :param info_key: the info key
@@ -65,7 +65,7 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         super().__init__(venv)
         self.advisor: Advisor = resolve_advisor(advisor, query_every, cache)
         self.background = background_for(advisor, self.advisor, non_blocking)
-        self.query_every = query_every
+        self.query_every = int(query_every)
         self.teacher_view = teacher_view or default_vec_teacher_view
         self.info_key = info_key
         self.episode_steps = np.zeros(self.num_envs, dtype=np.int64)
