@@ -58,6 +58,16 @@ def test_threshold_works_for_both_signs_and_has_a_floor() -> None:
     assert threshold_for(0.0, 0.0, best_final=0.9) == pytest.approx(0.45)
 
 
+def test_a_lucky_early_point_does_not_count_as_getting_there() -> None:
+    from sb3_vlm.experiments.runner import steps_to_threshold
+
+    steps, means = [10, 20, 30, 40, 50, 60], [0.9, 0.1, 0.0, 0.8, 0.8, 0.8]
+    assert steps_to_threshold(steps, means, 0.5) == 10
+    assert steps_to_threshold(steps, means, 0.5, hold=3) == 40
+    assert steps_to_threshold(steps, [0.0, 0.0, 0.0, 0.0, 0.9, 0.9], 0.5, hold=3) == 50  # the end holds what is left
+    assert steps_to_threshold(steps, [0.9, 0.9, 0.0, 0.0, 0.0, 0.0], 0.5, hold=3) is None
+
+
 def _run(advisor: str, seed: int, reach_at: int | None, final: float, steps: int = 100) -> dict:
     curve_steps = list(range(10, steps + 1, 10))
     returns = [final if reach_at is not None and s >= reach_at else 0.0 for s in curve_steps]

@@ -52,9 +52,14 @@ def run_jobs(
     return [r for r in runs if key(r) in wanted]
 
 
-def steps_to_threshold(steps: list[int], means: list[float], threshold: float) -> int | None:
-    """First recorded step whose rolling mean return reaches ``threshold`` (None if never)."""
-    for s, m in zip(steps, means, strict=True):
-        if m >= threshold:
+def steps_to_threshold(steps: list[int], means: list[float], threshold: float, hold: int = 1) -> int | None:
+    """
+    First recorded step whose rolling mean return reaches ``threshold`` and stays there for ``hold`` recorded points
+    in a row (fewer at the curve's end: all that remain); None if never.
+    """
+    if len(steps) != len(means):
+        raise ValueError(f"{len(steps)} steps for {len(means)} means")
+    for i, s in enumerate(steps):
+        if all(m >= threshold for m in means[i : i + hold]):
             return s
     return None

@@ -42,6 +42,10 @@ from sb3_vlm.guidance.trust import TrustSettings
 
 ADVISORS: tuple[str, ...] = ("r1.0", "r0.8", "r0.5", "adversarial", "constant")
 UNGUIDED = "none"
+#: a run "gets there" when its curve reaches the threshold and holds it for this many recorded points in a row: the
+#: first points of a training curve average only a few episodes (one lucky episode put GuidedA2C's curve at 0.61
+#: after 2k steps under an adversarial teacher, 0.13 at the next point)
+HOLD_POINTS = 3
 
 
 @dataclass(frozen=True)
@@ -355,7 +359,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _steps_to(runs: list[dict[str, Any]], threshold: float) -> tuple[list[int], list[bool]]:
     """Steps to ``threshold`` per run, the budget where it never got there, and which runs were censored."""
-    found = [steps_to_threshold(r["curve_steps"], r["curve_returns"], threshold) for r in runs]
+    found = [steps_to_threshold(r["curve_steps"], r["curve_returns"], threshold, hold=HOLD_POINTS) for r in runs]
     return [s if s is not None else r["steps"] for s, r in zip(found, runs, strict=True)], [s is None for s in found]
 
 
