@@ -91,6 +91,9 @@ def test_summary_counts_censored_runs_as_the_budget() -> None:
     assert good["unguided_censored"] == [False, True]
     assert good["speedup"] == pytest.approx(90 / 30)
     assert records["constant"]["censored"] == [True] and records["constant"]["final_ratio"] == 0.0
+    # an unguided run of a seed no guided run has yet is left out of the comparison
+    paired = {r["advisor"]: r for r in summarise([*runs, _run("none", 7, 10, 0.8)])}
+    assert paired["r0.8"]["unguided_seeds"] == [0, 1] and paired["r0.8"]["speedup"] == pytest.approx(90 / 30)
     table = markdown_table(list(records.values()))
     assert "≥ 3.00" in table and "1 guided censored" in table
 

@@ -319,6 +319,9 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if advisor == UNGUIDED:
             continue
         unguided = sorted(groups.get((algo, env_name, UNGUIDED), []), key=lambda r: r["seed"])
+        # compare like with like: the unguided runs of the guided runs' seeds, where the sweep has them
+        paired = [r for r in unguided if r["seed"] in {g["seed"] for g in group}]
+        unguided = paired or unguided
         if not unguided:
             continue
         env = ENVS[env_name]
