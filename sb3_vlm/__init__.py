@@ -3,6 +3,7 @@
 import importlib
 from typing import Any
 
+from sb3_vlm._compat import MIN_SB3_VERSION as MIN_SB3_VERSION  # first: fails early on an SB3 that is too old
 from sb3_vlm.a2c import GuidedA2C
 from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest, PendingAdvice
 from sb3_vlm.advisors import (

@@ -16,6 +16,7 @@ from sb3_vlm.guidance.distill import advised_action_nll, capped_rows, kl_distill
 from sb3_vlm.guidance.trust import (
     TrustEstimator,
     TrustSettings,
+    advice_diversity,
     advice_evidence,
     fade_factor,
     followed_continuous,
@@ -234,6 +235,10 @@ def test_capped_rows_are_pulled_back_to_the_cap_and_the_others_to_the_teacher() 
     assert log_pi.grad[2, 0] < 0  # and raises it on a row below the cap
     with pytest.raises(ValueError, match="imitation cap"):
         capped_rows(p, log_pi, 0.0)
+    with pytest.raises(ValueError, match="imitation cap"):
+        kl_distill_loss(p, log_pi, valid, cap=1.5)
+    # a cap of 1 is LVLM2P's term unchanged
+    assert kl_distill_loss(p, log_pi, valid, cap=1.0).item() == pytest.approx(kl.mean().item())
 
 
 def test_imitation_cap_grows_with_trust() -> None:
@@ -268,7 +273,7 @@ def _unrewarded_ppo(venv, learning_rate: float, cap: bool, teacher_coef: float) 
         learning_rate=learning_rate,
         normalize_advantage=False,  # else the value net's noise, scaled to unit variance, drives the policy alone
         teacher_coef=teacher_coef,
-        trust=TrustSettings(cap=cap),
+        trust=TrustSettings(cap=cap, min_diversity=0.0),  # the cap alone: a constant teacher would not be imitated
         seed=0,
         device="cpu",
     ).learn(4_096)
@@ -342,3 +347,49 @@ def test_the_teachers_weight_fades_over_the_second_half_of_learn() -> None:
         assert coef == pytest.approx(0.5 * trust * min(1.0, 2.0 * remaining))  # λ · τ · fade
     assert any(r < 0.5 and t > 0 for r, t, _ in coefs)  # the fade was measured while the teacher had a say
     assert coefs[-1][2] <= 0.5 / 8 + 1e-9  # the last rollout starts 15/16 of the way: an eighth of λ at most
+
+
+def test_advice_diversity_is_the_share_of_rows_off_the_most_common_advice() -> None:
+    assert advice_diversity(_probs([0, 0, 0, 0]), discrete=True) == 0.0
+    assert advice_diversity(_probs([0, 1, 0, 2]), discrete=True) == pytest.approx(0.5)
+    assert advice_diversity(_probs([1]), discrete=True) == 1.0  # one row: no evidence of sameness
+    box = np.array([[0.0, 1.0], [0.01, 1.0], [0.0, 0.5], [0.02, 0.98]])
+    # median (0.005, 0.99); tol 0.05 of the range 2 = 0.1: only row 2's second coordinate is off it
+    assert advice_diversity(box, discrete=False, scale=np.array([2.0, 2.0]), tol=0.05) == pytest.approx(0.25)
+    assert advice_diversity(box, discrete=False, scale=np.array([20.0, 20.0]), tol=0.05) == 0.0
+
+
+def test_the_estimator_stops_imitation_while_the_recent_advice_ignores_the_view() -> None:
+    estimator = TrustEstimator(TrustSettings(window=8))
+    assert estimator.imitates  # no advice seen yet
+    estimator.observe_advice(_probs([2] * 8), discrete=True)
+    assert not estimator.imitates and estimator.diversity == 0.0
+    # the window keeps the last 8 rows: four 2s, then 0, 1, 2, 0: 3 of 8 differ from the most common action
+    estimator.observe_advice(_probs([0, 1, 2, 0]), discrete=True)
+    assert estimator.imitates and estimator.diversity == pytest.approx(3 / 8)
+    off = TrustEstimator(TrustSettings(min_diversity=0.0))
+    off.observe_advice(_probs([2] * 8), discrete=True)
+    assert off.imitates
+    with pytest.raises(ValueError, match="min_diversity"):
+        TrustSettings(min_diversity=1.0)
+
+
+@pytest.mark.parametrize("algo, kwargs", [(GuidedPPO, dict(n_steps=32, batch_size=32, n_epochs=2)), (GuidedA2C, {})])
+def test_a_teacher_whose_advice_ignores_the_view_leaves_the_base_algorithm_unchanged(algo, kwargs) -> None:
+    # the constant teacher (ERPv's worst model) under the defaults: the run is the unguided one, bit for bit
+    def constant_venv() -> DummyVecEnv:
+        advisor = CallableAdvisor(lambda request: Advice(action=np.asarray([0])))
+        return DummyVecEnv([lambda: VLMAdviceWrapper(ColourEnv(), advisor) for _ in range(2)])
+
+    params, diversity = [], []
+    for coef in (1.0, 0.0):
+        model = algo("MlpPolicy", constant_venv(), teacher_coef=coef, seed=0, device="cpu", **kwargs).learn(256)
+        params.append(th.nn.utils.parameters_to_vector(model.policy.parameters()).detach())
+        diversity.append(model.logger.name_to_value["train/advice_diversity"])
+    assert th.equal(params[0], params[1])
+    assert diversity == [0.0, 0.0]
+    # the same teacher is imitated once the check is off: the test can tell the two apart
+    imitated = algo(
+        "MlpPolicy", constant_venv(), trust=TrustSettings(min_diversity=0.0), seed=0, device="cpu", **kwargs
+    ).learn(256)
+    assert not th.equal(th.nn.utils.parameters_to_vector(imitated.policy.parameters()).detach(), params[1])

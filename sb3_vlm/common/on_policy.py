@@ -301,13 +301,25 @@ class GuidedOnPolicyMixin:
             follow_prob = 0.5
         self.trust_estimator.observe(advantages, followed, informative, follow_prob)
         weight = row_gate(advantages, followed, informative, valid, self.trust.row_margin)
+        discrete = isinstance(self.action_space, spaces.Discrete)
+        scale = 1.0 if discrete else self._advice_scale()
+        diversity = self.trust_estimator.observe_advice(targets[informative], discrete, scale)
+        if not self.trust_estimator.imitates:
+            weight[:] = 0.0  # advice that ignores the view: nothing to imitate (trust module docstring)
         buf.advice_weight = weight.reshape(buf.advice_valid.shape)
         n_informative = max(int(informative.sum()), 1)
         self._trust_stats = {
             "trust_evidence": self.trust_estimator.last_evidence,
             "advice_followed_frac": float(followed.sum()) / n_informative,
             "advice_gated_frac": float(((weight == 0) & (valid > 0)).sum()) / max(int((valid > 0).sum()), 1),
+            "advice_diversity": diversity,
         }
+
+    def _advice_scale(self) -> np.ndarray:
+        """Box: the action range per coordinate, 1 where unbounded (the unit of :func:`advice_diversity`'s tol)."""
+        low, high = self.action_space.low, self.action_space.high  # type: ignore[attr-defined]
+        span = np.asarray(high, dtype=np.float64) - np.asarray(low, dtype=np.float64)
+        return np.where(np.isfinite(span) & (span > 0), span, 1.0).reshape(-1)
 
     def _advice_in_action_units(self, targets: Any) -> Any:
         """
@@ -372,8 +384,9 @@ class GuidedOnPolicyMixin:
         The distillation term (without λ) and the teacher agreement of one minibatch; ``advice_weight`` are the
         rows' weights (the trust's per-state gate).
 
-        Discrete: ``D_KL(target ‖ π_θ(·|s))`` with ``target`` the soft teacher probabilities or their one-hot argmax,
-        on rows below the trust's imitation cap.
+        Discrete: ``D_KL(target ‖ π_θ(·|s))`` with ``target`` the soft teacher probabilities or their one-hot argmax;
+        rows past the trust's imitation cap are pulled back to it instead
+        (:func:`~sb3_vlm.guidance.distill.capped_rows`).
         Box: ``−log π_θ(a_v|s)`` of the advised action (in env units, as PPO's Gaussian is), with the std held
         constant under the cap.
         """

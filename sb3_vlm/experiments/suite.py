@@ -245,6 +245,7 @@ class GuidanceTrace(BaseCallback):
         "train/imitation_cap",
         "train/advice_gated_frac",
         "train/advice_followed_frac",
+        "train/advice_diversity",
         "train/teacher_agreement",
         "train/guidance_coef",
         "train/q_f_mean",

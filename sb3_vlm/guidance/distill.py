@@ -50,22 +50,22 @@ def kl_distill_loss(
     :param valid: (batch,) 1 where the row has advice, 0 where it is masked out
     :param weights: (batch,) per-row weights (the trust's per-state gate), constants; None for 1. The mean stays
         over *all* valid rows, so gated-off rows lower the term instead of renormalising it onto the others
-    :param cap: the imitation cap ``c`` (None: LVLM2P's term). Rows where the student already takes the teacher's
-        top action ``a_v`` with probability ``≥ c`` (and the teacher gives it more than ``c``) get the binary KL
-        ``KL(Bern(c) ‖ Bern(π_θ(a_v|s)))`` instead, which pulls ``π_θ(a_v|s)`` back to ``c`` and moves the rest in
-        proportion to the student's own preferences (:func:`capped_rows`); the others keep the full KL
+    :param cap: the imitation cap ``c`` in (0, 1] (None or 1: LVLM2P's term). Rows where the student already takes
+        the teacher's top action ``a_v`` with probability ``≥ c`` (and the teacher gives it more than ``c``) get the
+        binary KL ``KL(Bern(c) ‖ Bern(π_θ(a_v|s)))`` instead, which pulls ``π_θ(a_v|s)`` back to ``c`` and moves the
+        rest in proportion to the student's own preferences (:func:`capped_rows`); the others keep the full KL
     :return: scalar loss; zero when no row is valid
     """
     p = teacher_probs.detach()
     per_row = (th.xlogy(p, p) - p * student_log_probs).sum(dim=-1)
     if cap is not None:
-        over = capped_rows(p, student_log_probs, cap)
-        top = p.argmax(dim=-1, keepdim=True)
-        log_pv = student_log_probs.gather(-1, top).squeeze(-1)
-        # log(1 − π_v) from the log-probabilities, stable where π_v is close to 1
-        log_rest = th.log1p(-th.exp(log_pv).clamp(max=1.0 - 1e-6))
-        binary = cap * (np.log(cap) - log_pv) + (1.0 - cap) * (float(np.log1p(-min(cap, 1.0 - 1e-6))) - log_rest)
-        per_row = th.where(over, binary, per_row)
+        over = capped_rows(p, student_log_probs, cap)  # validates the cap
+        if cap < 1.0:  # a cap of 1 holds nothing back
+            log_pv = student_log_probs.gather(-1, p.argmax(dim=-1, keepdim=True)).squeeze(-1)
+            # log(1 − π_v) from the log-probabilities, stable where π_v is close to 1
+            log_rest = th.log1p(-th.exp(log_pv).clamp(max=1.0 - 1e-6))
+            binary = cap * (np.log(cap) - log_pv) + (1.0 - cap) * (float(np.log1p(-cap)) - log_rest)
+            per_row = th.where(over, binary, per_row)
     return masked_mean(_weighted(per_row, weights), valid)
 
 

@@ -41,6 +41,13 @@ weight follows the evidence the run itself produces, from the GAE advantages the
   still raise the advised action beyond ``c``. Box actions: the imitation term moves the Gaussian's mean but holds
   its std constant, so it never narrows the exploration noise.
 
+- **advice that ignores the view is not imitated**: over the last ``window`` advised rows, the *diversity* of the
+  advice is the share of rows whose advice differs from the most common one (:func:`advice_diversity`). Below
+  ``min_diversity`` (5 % by default) the distillation weight is 0. Such a teacher (ERPv's constant "worst model", or
+  a VLM whose answer does not depend on the image) can teach nothing a state-independent bias would not, and
+  the rewards teach a bias by themselves; but imitating it before any reward arrives skews the exploration that
+  would find one, and the damage outlives τ's fall (measured: README, "Trust that adapts").
+
 - **a fade**: the weight is multiplied by :func:`fade_factor`, 1 for the first half of ``learn()`` and then linearly
   down to 0 at its end, so the views a systematic teacher gets wrong (which τ, an average, cannot single out) are
   corrected by the rewards before training ends.
@@ -81,6 +88,11 @@ class TrustSettings:
         over the policy and the rest of the time it explores; False: off (LVLM2P's term)
     :param cap_floor: c_0, the cap at τ = 0; None (default): ``1 / n_actions``, a uniform policy's probability, so an
         untrusted teacher may raise its advice no higher than no preference at all would
+    :param min_diversity: the least share of recent advised rows whose advice differs from the most common advice
+        (:func:`advice_diversity`) for the teacher to be imitated at all; 0 disables the check. Box advice
+        "differs" where a coordinate is more than ``diversity_tol`` of the action range (or of 1 for an unbounded
+        coordinate) away from the recent median
+    :param diversity_tol: see ``min_diversity``
     :param fade_start: the fraction of ``learn()``'s budget after which the teacher's weight fades linearly to 0 at
         its end (:func:`fade_factor`); None: no fade. The trust is an average over states and cannot single out the
         views a systematic teacher gets wrong; a copied wrong view is harmless to a sampling policy but traps the
@@ -97,6 +109,8 @@ class TrustSettings:
     min_rows: int = 4
     cap: bool = True
     cap_floor: float | None = None
+    min_diversity: float = 0.05
+    diversity_tol: float = 0.05
     fade_start: float | None = 0.5
 
     def __post_init__(self) -> None:
@@ -114,6 +128,10 @@ class TrustSettings:
             raise ValueError(f"cap_floor must be in (0, 1] or None (1 / n_actions), got {self.cap_floor}")
         if self.fade_start is not None and not 0.0 <= self.fade_start < 1.0:
             raise ValueError(f"fade_start must be in [0, 1) or None, got {self.fade_start}")
+        if not 0.0 <= self.min_diversity < 1.0:
+            raise ValueError(f"min_diversity must be in [0, 1), got {self.min_diversity}")
+        if not self.diversity_tol > 0:
+            raise ValueError(f"diversity_tol must be > 0, got {self.diversity_tol}")
         if self.window < 1:
             raise ValueError(f"window must be >= 1 row, got {self.window}")
         if self.min_rows < 2:
@@ -139,6 +157,28 @@ def fade_factor(progress_remaining: float, settings: TrustSettings) -> float:
     if settings.fade_start is None:
         return 1.0
     return float(np.clip(progress_remaining / (1.0 - settings.fade_start), 0.0, 1.0))
+
+
+def advice_diversity(advice: np.ndarray, discrete: bool, scale: np.ndarray | float = 1.0, tol: float = 0.05) -> float:
+    """
+    The share of advised rows whose advice differs from the most common advice: 0 for a teacher that says the same
+    whatever the view.
+
+    :param advice: (rows, k): teacher probabilities (discrete; a row's advice is its most probable action) or
+        advised actions (Box; "differs" means some coordinate is more than ``tol · scale`` from the rows' median)
+    :param discrete: which of the two
+    :param scale: (k,) or one value: the action range per coordinate (Box)
+    :param tol: see ``advice``
+    :return: in [0, 1); 1.0 (no evidence of sameness) for fewer than two rows
+    """
+    advice = np.asarray(advice, dtype=np.float64)
+    if advice.shape[0] < 2:
+        return 1.0
+    if discrete:
+        counts = np.bincount(advice.argmax(axis=1), minlength=advice.shape[1])
+        return float(1.0 - counts.max() / advice.shape[0])
+    far = np.abs(advice - np.median(advice, axis=0)) > tol * np.asarray(scale, dtype=np.float64)
+    return float(far.any(axis=1).mean())
 
 
 def followed_discrete(
@@ -222,7 +262,27 @@ class TrustEstimator:
         self.settings = settings
         self.trust = settings.initial
         self.last_evidence = 0.0
+        self.diversity = 1.0
         self._window: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._recent_advice: np.ndarray | None = None
+
+    def observe_advice(self, advice: np.ndarray, discrete: bool, scale: np.ndarray | float = 1.0) -> float:
+        """
+        Add a rollout's advice (informative rows only, (rows, k)) to the last ``settings.window`` rows and return
+        their :func:`advice_diversity` (also kept as ``self.diversity``).
+        """
+        advice = np.asarray(advice, dtype=np.float32).reshape(len(advice), -1)
+        if advice.shape[0] == 0:
+            return self.diversity
+        recent = advice if self._recent_advice is None else np.concatenate([self._recent_advice, advice])
+        self._recent_advice = recent[-max(self.settings.window, advice.shape[0]) :]
+        self.diversity = advice_diversity(self._recent_advice, discrete, scale, self.settings.diversity_tol)
+        return self.diversity
+
+    @property
+    def imitates(self) -> bool:
+        """False while the recent advice hardly depends on the view (``diversity < settings.min_diversity``)."""
+        return self.diversity >= self.settings.min_diversity
 
     def observe(
         self,
@@ -284,6 +344,7 @@ def row_gate(
 __all__ = [
     "TrustEstimator",
     "TrustSettings",
+    "advice_diversity",
     "advice_evidence",
     "fade_factor",
     "followed_continuous",

@@ -1,0 +1,37 @@
+"""The declared dependency floors match what the code needs."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import tomllib
+
+import sb3_vlm
+from sb3_vlm._compat import MIN_SB3_VERSION, _version_tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sb3_floor_in_pyproject_is_the_version_the_code_needs() -> None:
+    # GuidedSAC passes SAC(n_steps=...), first in stable-baselines3 2.7.0; pyproject once said >=2.3
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (spec,) = [d for d in deps if d.startswith("stable-baselines3")]
+    match = re.fullmatch(r"stable-baselines3>=([\d.]+)", spec)
+    assert match is not None, spec
+    assert _version_tuple(match.group(1)) + (0,) * (3 - len(match.group(1).split("."))) == MIN_SB3_VERSION
+    assert MIN_SB3_VERSION >= (2, 7, 0)
+
+
+def test_version_parsing_handles_local_and_pre_release_tags() -> None:
+    assert _version_tuple("2.10.1a0+cpu") == (2, 10, 1)
+    assert _version_tuple("2.7.0") == (2, 7, 0)
+    assert _version_tuple("3.0") == (3, 0)
+    assert _version_tuple(sb3_vlm.__version__) == (0, 1, 0)
+
+
+def test_an_older_sb3_fails_at_import_with_the_fix_named() -> None:
+    code = "import stable_baselines3; stable_baselines3.__version__ = '2.3.2'; import sb3_vlm"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "needs stable-baselines3>=2.7.0, found 2.3.2" in proc.stderr
