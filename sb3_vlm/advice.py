@@ -209,6 +209,10 @@ class Advice:
     :param source: which advisor answered (e.g. ``"oracle"``, ``"noisy(oracle):wrong"``, ``"cache"``).
     :param latency: seconds the advisor took (0 for cache hits).
     :param raw: the raw text answer of a VLM, for debugging; empty for scripted advisors.
+    :param refused: invalid advice that is the advisor's answer, not a failure to get one: a refusal, a hedge, an
+        answer that does not parse or cannot be used (NaN, wrong shape ...). Asking again about the same view is
+        likely to get the same, so :class:`~sb3_vlm.advisors.cache.CachedAdvisor` keeps such answers for a while;
+        a timeout, an HTTP error or an open circuit breaker are not refusals.
     """
 
     action: np.ndarray | None = None
@@ -217,6 +221,7 @@ class Advice:
     source: str = ""
     latency: float = 0.0
     raw: str = ""
+    refused: bool = False
 
     def __post_init__(self) -> None:
         # read-only arrays (from_dict, replace) are shared, writable ones copied
@@ -234,7 +239,8 @@ class Advice:
         return (
             same(self.action, other.action)
             and same(self.probs, other.probs)
-            and (self.valid, self.source, self.raw) == (other.valid, other.source, other.raw)
+            and (self.valid, self.source, self.raw, self.refused)
+            == (other.valid, other.source, other.raw, other.refused)
         )
 
     __hash__ = None  # type: ignore[assignment]  # equality is by array value
@@ -247,12 +253,12 @@ class Advice:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # through the constructor, so that the unpickled arrays are read-only again
-        return type(self), (self.action, self.probs, self.valid, self.source, self.latency, self.raw)
+        return type(self), (self.action, self.probs, self.valid, self.source, self.latency, self.raw, self.refused)
 
     @classmethod
-    def invalid(cls, source: str = "", raw: str = "") -> Advice:
-        """No advice: the row is masked out of every loss."""
-        return cls(action=None, probs=None, valid=False, source=source, raw=raw)
+    def invalid(cls, source: str = "", raw: str = "", refused: bool = False) -> Advice:
+        """No advice: the row is masked out of every loss (``refused``: see the class docstring)."""
+        return cls(action=None, probs=None, valid=False, source=source, raw=raw, refused=refused)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the on-disk cache stores data, never pickles)."""
@@ -263,6 +269,7 @@ class Advice:
             "source": self.source,
             "latency": float(self.latency),
             "raw": self.raw,
+            "refused": bool(self.refused),
         }
 
     @classmethod
@@ -276,6 +283,7 @@ class Advice:
             source=str(data.get("source", "")),
             latency=float(data.get("latency", 0.0)),
             raw=str(data.get("raw", "")),
+            refused=bool(data.get("refused", False)),
         )
 
 
@@ -333,15 +341,53 @@ def _numeric(array: np.ndarray | None) -> bool:
     return array is None or array.dtype.kind in "biuf"
 
 
+def advice_problem(advice: Advice, action_space: spaces.Space | None = None) -> str | None:
+    """
+    Why ``advice`` cannot become a buffer row for ``action_space`` (None: it can; invalid advice has no problem, it
+    is simply masked): non-numeric arrays (a string action ``np.asarray(["left"])``), NaN/inf, negative or all-zero
+    probabilities, probabilities or a continuous action of the wrong size, a discrete action that is not one integer
+    in the space, or a valid answer with nothing in it. A ``Discrete`` row takes the probabilities where there are
+    both. Continuous actions outside the bounds are fine: they are clipped. Without an action space only the values
+    are checked.
+    """
+    if not advice.valid:
+        return None
+    for name, array in (("action", advice.action), ("probs", advice.probs)):
+        if array is not None and not _numeric(array):
+            return f"{name} holds {array.dtype} values, not numbers"
+        if array is not None and not np.all(np.isfinite(array)):
+            return f"{name} is not all finite"
+    if advice.probs is not None:
+        probs = np.asarray(advice.probs, dtype=np.float64).reshape(-1)
+        if np.any(probs < 0) or probs.sum() <= 0:
+            return "probabilities are negative or all zero"
+    if isinstance(action_space, spaces.Discrete):
+        n, start = int(action_space.n), int(action_space.start)
+        if advice.probs is not None:
+            return None if advice.probs.size == n else f"{advice.probs.size} probabilities for {n} actions"
+        if advice.action is None:
+            return "neither an action nor probabilities"
+        index = np.asarray(advice.action, dtype=np.float64).reshape(-1)
+        if index.size != 1 or index[0] != int(index[0]) or not start <= index[0] < start + n:
+            return f"action {np.asarray(advice.action).tolist()} is not one of the {n} actions"
+    elif isinstance(action_space, spaces.Box):
+        size = int(np.prod(action_space.shape))
+        if advice.action is None:
+            return "no action"
+        if advice.action.size != size:
+            return f"action of size {advice.action.size} for an action space of shape {action_space.shape}"
+    return None
+
+
 _warned_malformed = False
 
 
-def _warn_malformed(advice: Advice) -> None:
+def _warn_malformed(advice: Advice, problem: str) -> None:
     global _warned_malformed
     if not _warned_malformed:
         _warned_malformed = True
-        logger.warning("Advice from %r holds non-numeric arrays (action %r, probs %r): masked as invalid; further "
-                       "ones are masked silently", advice.source, advice.action, advice.probs)  # fmt: skip
+        logger.warning("Advice from %r is unusable (%s; action %r, probs %r): masked as invalid; further ones are "
+                       "masked silently", advice.source, problem, advice.action, advice.probs)  # fmt: skip
 
 
 def advice_to_target(advice: Advice | None, action_space: spaces.Space) -> tuple[np.ndarray, bool]:
@@ -350,9 +396,10 @@ def advice_to_target(advice: Advice | None, action_space: spaces.Space) -> tuple
 
     ``Discrete(n)``: the teacher distribution (a lone advised index becomes one-hot).
     ``Box``: the advised action in env units, clipped to the bounds.
-    Anything malformed (wrong shape, NaN/inf, negative or non-normalisable probabilities, non-numeric arrays such as a
-    string action ``np.asarray(["left"])``, logged once) gives an invalid row: a bad answer must never become a
-    silent wrong target, nor crash the buffer.
+    Anything malformed (:func:`advice_problem`: wrong shape, NaN/inf, negative or non-normalisable probabilities,
+    non-numeric arrays such as a string action ``np.asarray(["left"])``, logged once) gives an invalid row: a bad
+    answer must never become a silent wrong target, nor crash the buffer. Answers that come through
+    :meth:`Advisor.advise <sb3_vlm.advisors.base.Advisor.advise>` were checked there already (and counted).
 
     :return: (target row, valid flag)
     """
@@ -360,31 +407,19 @@ def advice_to_target(advice: Advice | None, action_space: spaces.Space) -> tuple
     empty = np.zeros(dim, dtype=np.float32)
     if advice is None or not advice.valid:
         return empty, False
-    if not _numeric(advice.action) or not _numeric(advice.probs):
-        _warn_malformed(advice)
+    problem = advice_problem(advice, action_space)
+    if problem is not None:
+        _warn_malformed(advice, problem)
         return empty, False
     if isinstance(action_space, spaces.Discrete):
         if advice.probs is not None:
             probs = np.asarray(advice.probs, dtype=np.float64).reshape(-1)
-            if probs.shape != (dim,) or not np.all(np.isfinite(probs)) or np.any(probs < 0) or probs.sum() <= 0:
-                return empty, False
             return (probs / probs.sum()).astype(np.float32), True
-        if advice.action is not None:
-            idx = np.asarray(advice.action).reshape(-1)
-            if idx.size != 1 or not np.isfinite(idx[0]):
-                return empty, False
-            i = int(idx[0]) - int(action_space.start)
-            if i < 0 or i >= dim or i != idx[0] - int(action_space.start):
-                return empty, False
-            empty[i] = 1.0
-            return empty, True
-        return empty, False
-    assert isinstance(action_space, spaces.Box)
-    if advice.action is None:
-        return empty, False
+        assert advice.action is not None
+        empty[int(np.asarray(advice.action).reshape(-1)[0]) - int(action_space.start)] = 1.0
+        return empty, True
+    assert isinstance(action_space, spaces.Box) and advice.action is not None
     action = np.asarray(advice.action, dtype=np.float64).reshape(-1)
-    if action.shape != (dim,) or not np.all(np.isfinite(action)):
-        return empty, False
     action = np.clip(action, action_space.low.reshape(-1), action_space.high.reshape(-1))
     return action.astype(np.float32), True
 

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import DISABLED, KVWriter
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from sb3_vlm.advisors.background import BACKGROUND_COUNTERS
@@ -16,9 +17,11 @@ ADVISOR_KEYS = (
     "advisor/queries",
     "advisor/cache_hits",
     "advisor/cache_hit_rate",
+    "advisor/refusal_hits",
     "advisor/cache_corrupt",
     "advisor/mean_latency_s",
     "advisor/invalid",
+    "advisor/malformed",
     "advisor/errors",
     "advisor/parse_failures",
     "advisor/retries",
@@ -77,12 +80,18 @@ def collect_advice_counters(env: VecEnv) -> dict[str, dict[str, float]]:
 class AdviceMetricsCallback(BaseCallback):
     """
     Log the advisors' counters under ``advisor/*`` (TensorBoard, CSV, stdout): queries, cache hits and hit rate,
-    cached rows found corrupt and asked again (``cache_corrupt``), mean latency, invalid answers, backend errors,
-    parse failures, retries, HTTP errors, tokens, requests held back by an open circuit breaker or a spent query
-    budget and, with non-blocking advice, requests still being answered (``pending``), identical requests in flight
-    sent once (``deduplicated``) and requests refused by a full queue (``overflow``), summed over the training env's
-    advisors (a shared advisor counts once). A key some other code already logged in the current interval is left
-    alone.
+    requests answered by a remembered refusal (``refusal_hits``), cached rows found corrupt and asked again
+    (``cache_corrupt``), mean latency, invalid answers and, among them, answers that were marked valid but could not
+    be used (``malformed``), backend errors, parse failures, retries, HTTP errors, tokens, requests held back by an
+    open circuit breaker or a spent query budget and, with non-blocking advice, requests still being answered
+    (``pending``), identical requests in flight sent once (``deduplicated``) and requests refused by a full queue
+    (``overflow``), summed over the training env's advisors (a shared advisor counts once).
+
+    Each refresh logs the latest values, so a dump shows the counters as they are then (not as they were at the first
+    refresh after the previous dump, issue 16). SB3 dumps only at its logging intervals, so at training's end the
+    final counters are written to the logger's outputs at once (a row of ``advisor/*`` keys at the last step; the
+    other keys recorded since the last dump stay pending, as SB3 leaves them). A key some other code logged in the
+    current interval is left alone.
 
     :param log_every: refresh the values at the end of a rollout once this many env steps have passed since the
         last refresh (0: every rollout; collecting them asks every env worker, so raise it for off-policy training
@@ -95,6 +104,7 @@ class AdviceMetricsCallback(BaseCallback):
         self.log_every = log_every
         self._last = -1
         self.latest: dict[str, float] = {}
+        self._logged: dict[str, float] = {}  # what this callback put into the logger, to tell it from others' values
 
     def _on_step(self) -> bool:
         return True
@@ -105,8 +115,19 @@ class AdviceMetricsCallback(BaseCallback):
 
     def _on_training_end(self) -> None:
         self.record()
+        self._write_now()
         if self.verbose:
             print("advisor:", {k.split("/", 1)[1]: round(v, 4) for k, v in self.latest.items()})
+
+    def _write_now(self) -> None:
+        """Write this callback's values of the current interval to the logger's outputs, as a dump would, without
+        dumping (which would also write and clear what others recorded)."""
+        ours = {k: v for k, v in self._logged.items() if self.logger.name_to_value.get(k) is v}
+        if not ours or self.logger.level == DISABLED:
+            return
+        for output in self.logger.output_formats:
+            if isinstance(output, KVWriter):
+                output.write(ours, {k: self.logger.name_to_excluded.get(k, ("",)) for k in ours}, self.num_timesteps)
 
     def record(self) -> dict[str, float]:
         """Collect and log the counters now; returns what was logged."""
@@ -123,9 +144,11 @@ class AdviceMetricsCallback(BaseCallback):
             "advisor/queries": total["queries"],
             "advisor/cache_hits": total["cache_hits"],
             "advisor/cache_hit_rate": total["cache_hits"] / looked_up if looked_up else 0.0,
+            "advisor/refusal_hits": total["refusal_hits"],
             "advisor/cache_corrupt": total["cache_corrupt"],
             "advisor/mean_latency_s": total["total_latency"] / total["queries"] if total["queries"] else 0.0,
             "advisor/invalid": total["invalid"],
+            "advisor/malformed": total["malformed"],
             "advisor/errors": total["errors"],
             "advisor/parse_failures": total["parse_failures"],
             "advisor/retries": total["retries"],
@@ -137,7 +160,9 @@ class AdviceMetricsCallback(BaseCallback):
         }
         already = self.logger.name_to_value
         for key, value in values.items():
-            if key not in already:
+            # overwrite our own value of this interval (the latest wins), never someone else's
+            if key not in already or (key in self._logged and already[key] is self._logged[key]):
                 self.logger.record(key, value)
+                self._logged[key] = value
         self.latest = values
         return values

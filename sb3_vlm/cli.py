@@ -193,19 +193,23 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from sb3_vlm.experiments.plotting import plot_learning_curves
-    from sb3_vlm.experiments.runs import default_label, run_curve
+    from sb3_vlm.experiments.runs import group_runs, run_algo, run_curve
 
-    if args.labels and len(args.labels) != len(args.runs):
-        raise SystemExit(f"--labels needs one label per run ({len(args.runs)}), got {len(args.labels)}")
-    labels = args.labels or [default_label(r) for r in args.runs]
-    curves: dict[str, list[tuple[Any, Any]]] = {}
-    for run, label in zip(args.runs, labels, strict=True):
-        steps, values = run_curve(run, window=args.window, tag=args.tag)
-        curves.setdefault(label, []).append((steps, values))
+    try:  # one curve per label and algorithm: runs of different algorithms are never averaged (issue 16)
+        groups = group_runs(args.runs, args.labels or None)
+    except ValueError as exc:
+        raise SystemExit(f"sb3-vlm compare: {exc}") from None
+    curves: dict[str, list[tuple[Any, Any]]] = {
+        label: [run_curve(run, window=args.window, tag=args.tag) for run in runs] for label, runs in groups.items()
+    }
     plot_learning_curves(curves, args.out, title=args.title, ylabel=args.ylabel)
     for label, runs in curves.items():
         finals = [float(v[-1]) for _, v in runs]
-        print(f"{label}: {len(runs)} run(s), final {sum(finals) / len(finals):.3f} (last value of each curve)")
+        algos = sorted({run_algo(r) or "unknown" for r in groups[label]})
+        print(
+            f"{label}: {len(runs)} run(s) of {', '.join(algos)}, final {sum(finals) / len(finals):.3f} "
+            "(last value of each curve)"
+        )
     print(f"wrote {args.out}")
     return 0
 
@@ -342,7 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("runs", nargs="+", help="run folders")
     compare.add_argument("--out", default="compare.png", help="PNG path (default: %(default)s)")
-    compare.add_argument("--labels", nargs="*", default=None, help="one label per run (default: from folder names)")
+    compare.add_argument(
+        "--labels",
+        nargs="*",
+        default=None,
+        help="one label per run; runs with one label are averaged into one band, and must be of one algorithm "
+        "(default: the folder name without its trailing seed / run number; RL Zoo runs: ALGO/ENV)",
+    )
     compare.add_argument("--window", type=int, default=20, help="episodes in the rolling mean (default: %(default)s)")
     compare.add_argument("--tag", default="rollout/ep_rew_mean", help="TensorBoard scalar (default: %(default)s)")
     compare.add_argument("--title", default="", help="plot title")

@@ -16,3 +16,12 @@ with contextlib.suppress(RuntimeError):
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     th.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logprobs_support() -> None:
+    """Each test finds out afresh whether its (loopback) backend gives log-probabilities: what an advisor identity
+    showed is remembered per process, and a port can be reused by a later test's server."""
+    from sb3_vlm.advisors.prompted import forget_logprobs_support
+
+    forget_logprobs_support()

@@ -45,6 +45,47 @@ def test_invalid_answers_are_not_cached(tmp_path: Path) -> None:
     assert len(advisor.cache) == 1
 
 
+def test_a_refused_view_is_not_paid_for_again_and_again(tmp_path: Path) -> None:
+    """Issue 16, item 4: invalid answers were never cached, so a view the VLM always refuses was asked every time.
+    A refusal is now served for its view for a bounded count (and time), then the view is asked again; failures that
+    may be transient (HTTP errors) are not remembered."""
+    import time
+
+    import pytest
+
+    pytest.importorskip("openai")
+    from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
+    from sb3_vlm.advisors.prompts import MINIGRID_PROMPT
+    from sb3_vlm.testing import LoopbackServer, Reply, chat_completion
+
+    grid = AdviceRequest(image=np.zeros((8, 8, 3), np.uint8), context={"mission": "m"}, action_space=spaces.Discrete(7))
+    refusal = Reply(body=chat_completion("I'm sorry, I can't tell where the agent is."))
+    with LoopbackServer([refusal]) as server:
+        vlm = OpenAIAdvisor("m", MINIGRID_PROMPT, base_url=f"{server.url}/v1", api_key="k", distribution="written")
+        cached = CachedAdvisor(vlm, tmp_path / "c.sqlite", refusal_uses=5)
+        out = [cached.advise([grid])[0] for _ in range(11)]
+        assert len(server.requests) == 2  # asked, served 5 times, asked again, served 4 times
+        assert not any(a.valid for a in out) and all(a.refused for a in out)
+        assert vlm.parse_failures == 2 and cached.stats.refusal_hits == 9 and cached.stats.cache_hits == 9
+        assert len(cached.cache) == 0  # kept in memory only: the database holds answers
+        key = grid.cache_key(cached.identity)
+        assert cached.lookup(key, grid.action_space) is not None  # the non-blocking path is served it too (5th use)
+        assert cached.lookup(key, grid.action_space) is None  # uses spent: the next request asks again
+
+        ttl = CachedAdvisor(vlm, tmp_path / "c.sqlite", refusal_ttl=0.2)
+        ttl.advise([grid])
+        ttl.advise([grid])
+        time.sleep(0.3)
+        ttl.advise([grid])
+        assert len(server.requests) == 4  # the second ask was served; after 0.2 s the view is asked again
+
+    with LoopbackServer([Reply(status=503, body={"error": {"message": "overloaded"}})]) as server:
+        vlm = OpenAIAdvisor("m", MINIGRID_PROMPT, base_url=f"{server.url}/v1", api_key="k", max_retries=0)
+        cached = CachedAdvisor(vlm, tmp_path / "c.sqlite")
+        out = [cached.advise([grid])[0] for _ in range(3)]
+    assert len(server.requests) == 3 and not any(a.refused for a in out)  # an outage is asked again every time
+
+
 def test_cache_survives_process_restart(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     script = textwrap.dedent(

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import OrderedDict
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
+import yaml
+from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from sb3_vlm import CallableAdvisor, GuidedPPO, VLMAdviceWrapper
+from sb3_vlm import CallableAdvisor, GuidedPPO, GuidedSAC, VLMAdviceWrapper
 from sb3_vlm.advice import Advice
 from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
-from sb3_vlm.callbacks import AdviceMetricsCallback, advisor_counters
+from sb3_vlm.callbacks import ADVISOR_KEYS, AdviceMetricsCallback, advisor_counters
 from sb3_vlm.cli import main
-from sb3_vlm.experiments.runs import default_label, monitor_curve, run_curve
+from sb3_vlm.envs.pendulum import make_pendulum_env
+from sb3_vlm.experiments.runs import default_label, group_runs, monitor_curve, run_algo, run_curve
 from sb3_vlm.wrappers import VecVLMAdviceWrapper
 from tests.helpers import ColourEnv
 
@@ -66,6 +71,39 @@ def test_metrics_from_a_vec_advice_wrapper_reach_the_logger() -> None:
     # logged at the end of training: each env's first observation and the one after each of its 8 steps
     assert "advisor/invalid" in model.logger.name_to_value
     assert model.logger.name_to_value["advisor/invalid"] == 18
+
+
+class _Rows(KVWriter):
+    """A logger output that keeps every row it is given, with the advisor's true counter at that moment."""
+
+    def __init__(self, advisor: CallableAdvisor) -> None:
+        self.advisor = advisor
+        self.rows: list[tuple[int, dict[str, float], int]] = []
+
+    def write(self, key_values: dict, key_excluded: dict, step: int = 0) -> None:
+        self.rows.append((step, dict(key_values), self.advisor.stats.queries))
+
+
+def test_off_policy_counters_do_not_lag_a_logging_interval() -> None:
+    """Issue 16, item 3: a key already recorded since the last dump was skipped, so each SAC dump showed
+    advisor/queries from the first step of its interval (1, 161, 321 for 161, 321, 481), and the final value was never
+    written."""
+    advisor = CallableAdvisor(lambda r: np.zeros(1, np.float32), name="zero")
+    env = VLMAdviceWrapper(gym.wrappers.TimeLimit(make_pendulum_env(), 10), advisor)
+    model = GuidedSAC("MlpPolicy", env, learning_starts=1000, buffer_size=200, seed=0)  # no gradient steps: fast
+    rows = _Rows(advisor)
+    model.set_logger(Logger(folder=None, output_formats=[rows]))
+    model.learn(60, callback=AdviceMetricsCallback(), log_interval=1)  # a dump after each 10-step episode
+    dumps = [(values["advisor/queries"], true) for _, values, true in rows.rows if "advisor/queries" in values]
+    assert len(dumps) == 7  # six episode ends and training's end
+    for logged, true in dumps[:-1]:
+        # refreshed after every rollout (one step): at most that step and the reset's query behind, not ten steps
+        assert true - 2 <= logged <= true
+    assert dumps[-1][0] == dumps[-1][1] == advisor.stats.queries == 61  # the final value, exactly
+    assert [logged for logged, _ in dumps[:3]] == [10, 20, 30]  # the step before each episode's end (old: 1, 11, 21)
+    step, values, _ = rows.rows[-1]
+    assert step == 60 and set(values) <= set(ADVISOR_KEYS)  # the final row holds only the advisor's counters
+    assert model.logger.name_to_value["advisor/queries"] == 61  # still recorded: a later dump writes it as usual
 
 
 def test_corrupt_cache_rows_are_counted_and_reach_the_logger(tmp_path: Path) -> None:
@@ -165,6 +203,46 @@ def test_cache_stats_reads_only_and_refuses_what_is_not_a_cache(
     stats = json.loads(capsys.readouterr().out)
     assert stats["entries"] == 1 and stats["corrupt"] == 0 and stats["by_source"] == {"oracle": 1}
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()} == files  # nothing written
+
+
+def _fake_run(folder: Path, returns: list[float], algo: str | None = None, zoo_env: str | None = None) -> Path:
+    """A run folder with one Monitor file; ``run.json`` names the algorithm (sb3-vlm train), or ``<env>/args.yml``
+    does, written as RL Zoo writes it (an OrderedDict)."""
+    folder.mkdir(parents=True)
+    rows = "".join(f"{r},10,{i + 1}.0\n" for i, r in enumerate(returns))
+    (folder / "0.monitor.csv").write_text('#{"t_start": 0.0, "env_id": "X"}\nr,l,t\n' + rows)
+    if zoo_env is not None:
+        (folder / zoo_env).mkdir()
+        args = OrderedDict([("algo", algo), ("env", zoo_env), ("seed", 0)])
+        (folder / zoo_env / "args.yml").write_text(yaml.dump(args))
+    elif algo is not None:
+        (folder / "run.json").write_text(json.dumps({"algo": algo}))
+    return folder
+
+
+def test_compare_never_averages_runs_of_different_algorithms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16, item 2: RL Zoo folders are named after the env (logs/ppo/<env>_2, logs/guided_ppo/<env>_1), so the
+    label came from the env and PPO and GuidedPPO were averaged into one band."""
+    env = "MiniGrid-Empty-5x5-v0"
+    ppo = [_fake_run(tmp_path / "logs" / "ppo" / f"{env}_{i}", [0.1 * i], "ppo", env) for i in (1, 2)]
+    guided = _fake_run(tmp_path / "logs" / "guided_ppo" / f"{env}_1", [0.9], "guided_ppo", env)
+    assert run_algo(ppo[0]) == "ppo" and run_algo(guided) == "guided_ppo"
+    assert {default_label(r) for r in ppo} == {f"ppo/{env}"} and default_label(guided) == f"guided_ppo/{env}"
+    assert group_runs([*ppo, guided]) == {f"ppo/{env}": ppo, f"guided_ppo/{env}": [guided]}
+    # sb3-vlm train folders whose names differ only by a seed: split by their run.json's algorithm
+    a0, a1 = _fake_run(tmp_path / "runs" / "a_0", [1.0], "ppo"), _fake_run(tmp_path / "runs" / "a_1", [2.0], "sac")
+    assert group_runs([a0, a1]) == {"a (ppo)": [a0], "a (sac)": [a1]}
+    plain = _fake_run(tmp_path / "runs" / "a_2", [3.0])  # no run.json: its algorithm is unknown, merges with any
+    assert run_algo(plain) is None and group_runs([a0, plain]) == {"a": [a0, plain]}
+
+    png = tmp_path / "cmp.png"
+    assert main(["compare", *map(str, ppo), str(guided), "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert f"ppo/{env}: 2 run(s) of ppo, final 0.150" in out and f"guided_ppo/{env}: 1 run(s) of guided_ppo" in out
+    with pytest.raises(SystemExit, match=r"would average runs of different algorithms \(guided_ppo, ppo\)"):
+        main(["compare", str(ppo[0]), str(guided), "--out", str(png), "--labels", "same", "same"])
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "compare", "cache", "advise", "demo", "envs"])

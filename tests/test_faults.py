@@ -8,14 +8,18 @@ import socket
 
 import numpy as np
 import pytest
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import DummyVecEnv
 
-from sb3_vlm import VLMAdviceWrapper
+from sb3_vlm import CallableAdvisor, GuidedPPO, VLMAdviceWrapper
+from sb3_vlm.advice import Advice, AdviceRequest
 from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
 from sb3_vlm.advisors.prompts import PENDULUM_PROMPT
 from sb3_vlm.callbacks import AdviceMetricsCallback
 from sb3_vlm.envs.pendulum import make_pendulum_env
 from sb3_vlm.sac import GuidedSAC
 from sb3_vlm.testing import LoopbackServer, Reply, chat_completion
+from tests.helpers import ColourEnv
 
 # one reply per request, in this order, over and over (no retries, so each request meets exactly one fault)
 FAULTS = [
@@ -97,3 +101,44 @@ def test_connection_refused_is_counted_and_training_goes_on(non_blocking: bool) 
         assert 3 <= tried <= 3 + advisor.concurrency - 1
     else:
         assert tried == 3  # one at a time: the breaker opened after exactly three
+
+
+def test_unusable_answers_are_counted_as_invalid_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 16, item 4: NaN, inf, wrong-shape, out-of-range and wrong-length answers were masked in the buffer, but
+    advisor/invalid stayed 0 and nothing was logged."""
+    bad = [
+        Advice(probs=np.array([np.nan, 1.0])),
+        Advice(probs=np.array([np.inf, 0.0])),
+        Advice(probs=np.array([0.2, 0.3, 0.5])),  # three probabilities for two actions
+        Advice(action=np.array([5])),  # not an action of Discrete(2)
+        Advice(action=np.array([0, 1])),  # wrong shape
+        Advice(action=np.asarray(["left"])),
+    ]
+    answers = [*bad, Advice(probs=np.array([0.9, 0.1]))]  # six unusable answers of every seven
+    asked: list[int] = []
+
+    def answer(request: AdviceRequest) -> Advice:
+        asked.append(1)
+        return answers[(len(asked) - 1) % len(answers)]
+
+    advisor = CallableAdvisor(answer, name="unusable")
+    advisor.unusable_window = 14
+    venv = DummyVecEnv([lambda: VLMAdviceWrapper(ColourEnv(), advisor) for _ in range(2)])
+    model = GuidedPPO("MlpPolicy", venv, n_steps=16, batch_size=32, n_epochs=1, seed=0)
+    metrics = AdviceMetricsCallback()
+    with caplog.at_level("WARNING", "sb3_vlm.advisors.base"):
+        model.learn(64, callback=metrics)
+    queries = advisor.stats.queries
+    assert queries == len(asked) > 2 * advisor.unusable_window
+    unusable = sum(1 for i in range(queries) if i % len(answers) < len(bad))
+    assert advisor.stats.malformed == unusable == advisor.stats.invalid
+    assert metrics.latest["advisor/invalid"] == metrics.latest["advisor/malformed"] == unusable
+    assert caplog.text.count("gave no usable advice") == 1  # the first window of mostly unusable answers, once
+
+    # a Box action space: NaN, inf and a wrong length
+    box = spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
+    values = iter([np.array([np.nan, 0.0]), np.array([np.inf, 0.0]), np.array([0.1, 0.2, 0.3]), np.array([5.0, 0.0])])
+    continuous = CallableAdvisor(lambda r: next(values), name="box")
+    out = continuous.advise([AdviceRequest(action_space=box) for _ in range(4)])
+    assert [a.valid for a in out] == [False, False, False, True]  # out of the bounds is clipped later, not refused
+    assert continuous.stats.invalid == continuous.stats.malformed == 3 and all(a.refused for a in out[:3])

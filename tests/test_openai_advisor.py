@@ -76,6 +76,42 @@ def test_falls_back_to_written_probabilities_when_no_logprobs() -> None:
     assert "logprobs" not in server.requests[2]
 
 
+def test_no_logprobs_is_probed_and_logged_once_per_advisor_identity(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 16, item 4: each of a batch's threads probed for log-probabilities and logged the fallback (7-8 notices,
+    8 probe calls per advisor), and every new advisor object of the same identity probed again."""
+    written = "left: 0.1, right: 0.1, forward: 0.8"
+
+    def responder(path: str, body: dict) -> Reply:
+        if body.get("logprobs"):  # the probe: answered slowly, so that the whole batch is in flight meanwhile
+            return Reply(body=chat_completion("forward"), delay=0.3)
+        return Reply(body=chat_completion(written))
+
+    with LoopbackServer(responder=responder) as server, caplog.at_level("WARNING", "sb3_vlm.advisors.prompted"):
+        answers = _advisor(server, MINIGRID_PROMPT, concurrency=8).advise([_grid() for _ in range(8)])
+        # another object of the same identity (another env's advisor, a rebuilt one): knows already
+        answers += _advisor(server, MINIGRID_PROMPT, concurrency=8).advise([_grid() for _ in range(8)])
+    probes = [body for body in server.requests if body.get("logprobs")]
+    assert len(probes) == 1 and len(server.requests) == 1 + 16  # one probe, then one written answer per request
+    assert caplog.text.count("returns no log-probabilities") == 1
+    assert all(a.valid and a.probs is not None and a.probs[2] == pytest.approx(0.8) for a in answers)
+
+
+def test_refusals_and_negations_count_as_parse_failures() -> None:
+    """Issue 16, item 1: these answers became confident advice (forward, done, forward, forward), valid=True."""
+    answers = [
+        "I cannot determine whether the agent should move forward…",
+        "I can't tell which way… I'm done.",
+        "I don't think moving forward is safe here: there is lava ahead.",
+        "Definitely not forward: that's lava.",
+    ]
+    with LoopbackServer([Reply(body=chat_completion(a)) for a in answers]) as server:
+        advisor = _advisor(server, MINIGRID_PROMPT, distribution="written")
+        advice = [advisor.advise([_grid()])[0] for _ in answers]
+    assert [a.raw for a in advice] == answers and len(server.requests) == 4
+    assert not any(a.valid for a in advice) and all(a.refused for a in advice)
+    assert advisor.parse_failures == 4 == advisor.stats.invalid and advisor.stats.errors == 0
+
+
 def test_samples_become_frequencies() -> None:
     with LoopbackServer([Reply(body=chat_completion(["forward", "Action: left", "forward", "???"]))]) as server:
         advice = _advisor(server, MINIGRID_PROMPT, distribution="samples", n_samples=4).advise([_grid()])[0]

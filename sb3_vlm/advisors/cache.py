@@ -19,6 +19,7 @@ import numpy as np
 from gymnasium import spaces
 
 from sb3_vlm.advice import Advice, AdviceRequest
+from sb3_vlm.advice import advice_problem as usable_problem
 from sb3_vlm.advisors.base import Advisor
 
 logger = logging.getLogger(__name__)
@@ -45,30 +46,20 @@ def row_checksum(key: str, value: str) -> str:
 
 def advice_problem(advice: Advice, action_space: spaces.Space | None = None) -> str | None:
     """
-    Why a stored answer cannot be served for a request with ``action_space`` (None: it can). Checked: the arrays
-    hold finite numbers, probabilities are non-negative and sum to 1, and, where the action space is known, the
-    probabilities have one entry per discrete action, a discrete action is one integer in the space and a continuous
-    action has the space's size.
+    Why a stored answer cannot be served for a request with ``action_space`` (None: it can): what makes advice
+    unusable as a buffer row (:func:`sb3_vlm.advice.advice_problem`: non-finite or non-numeric values, wrong sizes, a
+    discrete action outside the space), and, since rows are stored normalised, probabilities that do not sum to 1 and
+    a discrete action stored beside them that is not one of the space's.
     """
-    for name, array in (("action", advice.action), ("probs", advice.probs)):
-        if array is not None and (array.dtype.kind not in "biuf" or not np.all(np.isfinite(array))):
-            return f"{name} is not all finite numbers"
+    problem = usable_problem(advice, action_space)
+    if problem is not None:
+        return problem
     if advice.probs is not None:
         probs = advice.probs.astype(np.float64).reshape(-1)
-        if np.any(probs < 0) or abs(probs.sum() - 1.0) > _PROBS_TOLERANCE:
-            return "probabilities are negative or do not sum to 1"
-    if isinstance(action_space, spaces.Discrete):
-        n, start = int(action_space.n), int(action_space.start)
-        if advice.probs is not None and advice.probs.size != n:
-            return f"{advice.probs.size} probabilities for {n} actions"
-        if advice.action is not None:
-            index = advice.action.reshape(-1).astype(np.float64)
-            if index.size != 1 or index[0] != int(index[0]) or not start <= index[0] < start + n:
-                return f"action {advice.action.tolist()} is not one of the {n} actions"
-    elif isinstance(action_space, spaces.Box):
-        size = int(np.prod(action_space.shape))
-        if advice.action is not None and advice.action.size != size:
-            return f"action of size {advice.action.size} for an action space of shape {action_space.shape}"
+        if abs(probs.sum() - 1.0) > _PROBS_TOLERANCE:
+            return "probabilities do not sum to 1"
+        if advice.action is not None and isinstance(action_space, spaces.Discrete):
+            return usable_problem(replace(advice, probs=None), action_space)
     return None
 
 
@@ -392,25 +383,99 @@ class AdviceCache:
         return f"AdviceCache({self.path!r}, hits={self.hits}, misses={self.misses}, corrupt={self.corrupt})"
 
 
+class RefusalMemory:
+    """
+    Refusals (:attr:`Advice.refused <sb3_vlm.advice.Advice.refused>`) remembered per content address, each for at
+    most ``ttl`` seconds and ``uses`` lookups, at most ``max_entries`` at once (the oldest dropped first). In memory
+    and per process: a copy sent to another process starts empty. Thread-safe.
+
+    :param ttl: seconds a refusal is served after the advisor gave it; 0: refusals are not remembered
+    :param uses: lookups a refusal is served for before the view is asked again
+    :param max_entries: refusals remembered at once
+    """
+
+    def __init__(self, ttl: float = 600.0, uses: int = 20, max_entries: int = 10_000) -> None:
+        if ttl < 0 or uses < 1 or max_entries < 1:
+            raise ValueError(f"need ttl >= 0, uses >= 1 and max_entries >= 1, got {ttl}, {uses}, {max_entries}")
+        self.ttl, self.uses, self.max_entries = ttl, uses, max_entries
+        self._entries: OrderedDict[str, tuple[Advice, float, int]] = OrderedDict()  # advice, expiry, uses left
+        self._lock = threading.Lock()
+
+    def put(self, key: str, advice: Advice) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (advice, time.monotonic() + self.ttl, self.uses)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def get(self, key: str) -> Advice | None:
+        """The refusal remembered for ``key`` (one use spent), or None when there is none or its bounds are spent."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            advice, expiry, uses = entry
+            if time.monotonic() >= expiry:
+                del self._entries[key]
+                return None
+            if uses <= 1:
+                del self._entries[key]  # this was its last use: the next request asks again
+            else:
+                self._entries[key] = (advice, expiry, uses - 1)
+            return advice
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"ttl": self.ttl, "uses": self.uses, "max_entries": self.max_entries}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.ttl, self.uses, self.max_entries = state["ttl"], state["uses"], state["max_entries"]
+        self._entries = OrderedDict()
+        self._lock = threading.Lock()
+
+
 class CachedAdvisor(Advisor):
     """
     Answer from the cache where possible and ask ``advisor`` only for the misses.
 
-    Only valid answers are stored: a failure (timeout, parse error) may be transient and must be retried later.
-    Probabilities are stored normalised (as the advised buffers use them), and an answer that could not be served
-    back (:func:`advice_problem`: NaN, a string action, a wrong shape) is not stored. A stored row that fails its
-    checks on read is a miss, counted in ``stats.cache_corrupt`` too, and the fresh answer overwrites it.
+    Only valid answers are stored: a failure (timeout, HTTP error, open circuit) may be transient and must be retried
+    later. Probabilities are stored normalised (as the advised buffers use them), and an answer that could not be
+    served back (:func:`advice_problem`: NaN, a string action, a wrong shape) is not stored. A stored row that fails
+    its checks on read is a miss, counted in ``stats.cache_corrupt`` too, and the fresh answer overwrites it.
     Identical requests within one batch are sent once.
     Answers are keyed by the wrapped advisor's identity, so advisors never read each other's entries.
 
+    **Refusals** (issue 16): a VLM that refuses a view (or answers it with something unparseable or unusable,
+    :attr:`Advice.refused <sb3_vlm.advice.Advice.refused>`) will most likely refuse it again, and each ask is paid
+    for. So a refusal is remembered in memory (:class:`RefusalMemory`) and served for that view, without asking,
+    for ``refusal_ttl`` seconds and at most ``refusal_uses`` times; then the view is asked again (the scene is the
+    same, but a sampled answer, a retrained or restarted model may differ). Served refusals count as cache hits and
+    in ``stats.refusal_hits``, not again in ``stats.invalid``. They are not written to the database: a later run
+    asks afresh.
+
     :param advisor: the advisor that answers cache misses
     :param cache: an :class:`AdviceCache` or a path to its database file
+    :param refusal_ttl: seconds a refusal is served for its view; 0: refusals are asked again every time
+    :param refusal_uses: requests a refusal is served to before its view is asked again
+    :param max_refusals: refusals remembered at once (the oldest dropped first)
     """
 
-    def __init__(self, advisor: Advisor, cache: AdviceCache | str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        advisor: Advisor,
+        cache: AdviceCache | str | os.PathLike[str],
+        refusal_ttl: float = 600.0,
+        refusal_uses: int = 20,
+        max_refusals: int = 10_000,
+    ) -> None:
         super().__init__()
         self.advisor = advisor
         self.cache = cache if isinstance(cache, AdviceCache) else AdviceCache(cache)
+        self.refusals = RefusalMemory(refusal_ttl, refusal_uses, max_refusals)
         # one set of counters: queries are counted by the wrapped advisor, hits/misses here
         self.stats = advisor.stats
 
@@ -435,14 +500,16 @@ class CachedAdvisor(Advisor):
             for i in unique:
                 if fresh[i].valid:
                     self._store(keys[i], fresh[i], requests[i].action_space)
+                elif fresh[i].refused:
+                    self._refusals().put(keys[i], fresh[i])
             for i in missing:
                 answers[i] = fresh[first[keys[i]]]  # advice is immutable: identical views share one answer
         return [a for a in answers if a is not None]
 
     def lookup(self, key: str, action_space: spaces.Space | None = None) -> Advice | None:
         """The cached answer for a content address (:meth:`AdviceRequest.cache_key` with :attr:`identity`), checked
-        against ``action_space`` and counted as a cache hit; None when there is none (not counted: the caller decides
-        whether it asks) or its row is corrupt (counted in ``stats.cache_corrupt``)."""
+        against ``action_space`` and counted as a cache hit (a remembered refusal too); None when there is none (not
+        counted: the caller decides whether it asks) or its row is corrupt (counted in ``stats.cache_corrupt``)."""
         advice = self._lookup(key, action_space)
         if advice is not None:
             self.stats.cache_hits += 1
@@ -456,9 +523,20 @@ class CachedAdvisor(Advisor):
             return None
         if corrupt:
             self.stats.cache_corrupt += 1
-        if advice is None or advice.latency == 0.0:
+        if advice is None:
+            advice = self._refusals().get(key)
+            if advice is None:
+                return None
+            self.stats.refusal_hits += 1
+        if advice.latency == 0.0:
             return advice
         return replace(advice, latency=0.0)  # a hit costs no time
+
+    def _refusals(self) -> RefusalMemory:
+        # a CachedAdvisor pickled before refusals were remembered (a checkpoint) has none yet
+        if "refusals" not in self.__dict__:
+            self.refusals = RefusalMemory()
+        return self.refusals
 
     def _store(self, key: str, advice: Advice, action_space: spaces.Space | None = None) -> None:
         if advice.probs is not None and np.all(np.isfinite(advice.probs)) and np.all(advice.probs >= 0):

@@ -3,6 +3,7 @@ counted retries with backoff, bounded concurrency. Backends implement one call (
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -25,6 +26,21 @@ logger = logging.getLogger(__name__)
 
 Distribution = Literal["auto", "logprobs", "samples", "written"]
 T = TypeVar("T")
+
+# What ``distribution="auto"`` found out per advisor identity in this process (True: the backend returns
+# log-probabilities), and one lock per identity held while the first request finds out. Two advisors with one
+# identity give interchangeable answers, so a new advisor object (each env's copy, a rebuilt advisor) does not probe
+# again, and the other threads of the first batch wait for the answer instead of each probing and each logging the
+# fallback (issue 16: 7-8 notices and 8 probe calls per advisor).
+_LOGPROBS_SUPPORT: dict[str, bool] = {}
+_PROBE_LOCKS: dict[str, threading.Lock] = {}
+_PROBE_LOCKS_GUARD = threading.Lock()
+
+
+def forget_logprobs_support() -> None:
+    """Forget what :data:`_LOGPROBS_SUPPORT` learnt (a server that changed its mind under the same identity; tests)."""
+    with _PROBE_LOCKS_GUARD:
+        _LOGPROBS_SUPPORT.clear()
 
 
 @dataclass
@@ -83,7 +99,8 @@ class PromptedAdvisor(Advisor):
     - ``Box`` actions: one written answer, parsed by :func:`~sb3_vlm.advisors.parsing.parse_continuous`;
     - ``Discrete`` actions, ``distribution=``: ``"logprobs"`` (one call, one token, the labels' probabilities),
       ``"samples"`` (``n_samples`` answers → frequencies), ``"written"`` (the model writes probabilities, LVLM2P),
-      ``"auto"`` (log-probs, and written for the rest of the run once the backend turns out to give none).
+      ``"auto"`` (log-probs, and written for the rest of the run once the backend turns out to give none; found out
+      once per advisor identity and process, by the first request, while the other requests wait for it).
 
     Failures are counted in ``http_errors`` / ``parse_failures`` / ``stats`` and become invalid advice; nothing raises
     into training.
@@ -222,13 +239,34 @@ class PromptedAdvisor(Advisor):
     def _use_logprobs(self) -> bool:
         if self.distribution == "logprobs":
             return True
-        return self.distribution == "auto" and self._logprobs_supported is not False
+        if self.distribution != "auto":
+            return False
+        if self._logprobs_supported is None:
+            self._logprobs_supported = _LOGPROBS_SUPPORT.get(self.identity)
+        return self._logprobs_supported is not False
+
+    def _probe_lock(self) -> contextlib.AbstractContextManager[Any]:
+        """While ``"auto"`` does not know yet whether the backend gives log-probabilities: the identity's lock, so
+        that one request finds out and the others wait for it; afterwards nothing to wait for."""
+        if self.distribution != "auto" or self._logprobs_supported is not None:
+            return contextlib.nullcontext()
+        with _PROBE_LOCKS_GUARD:
+            return _PROBE_LOCKS.setdefault(self.identity, threading.Lock())
+
+    def _learn_logprobs_support(self, supported: bool) -> None:
+        """Record what a log-probability call showed, for this advisor and its identity; log the fallback once."""
+        self._logprobs_supported = supported
+        with _PROBE_LOCKS_GUARD:
+            first = self.identity not in _LOGPROBS_SUPPORT
+            _LOGPROBS_SUPPORT[self.identity] = supported
+        if first and not supported:
+            logger.warning("%s returns no log-probabilities; using written probabilities instead", self.identity)
 
     def _failed(self, why: str, raw: str) -> Advice:
         with self._lock:
             self.parse_failures += 1
         logger.debug("%s: %s (answer: %r)", self.identity, why, raw[:200])
-        return Advice.invalid(source=self.identity, raw=raw)
+        return Advice.invalid(source=self.identity, raw=raw, refused=True)
 
     def _from_parsed(self, parsed: Parsed, raw: str) -> Advice:
         if not parsed.ok:
@@ -286,19 +324,10 @@ class PromptedAdvisor(Advisor):
             description = first.texts[0] if first.texts else ""
         system, user = self.prompt.render(request, description)
         if isinstance(space, spaces.Discrete) and self._use_logprobs():
-            gen = self._call(request, system, user, max_tokens=1, temperature=0.0, logprobs=True)
-            raw = gen.texts[0] if gen.texts else ""
-            if gen.top_logprobs is not None:
-                self._logprobs_supported = True
-                probs = probs_from_top_logprobs(gen.top_logprobs, self.prompt.labels)
-                if probs is None:
-                    return self._failed("no action label among the top log-probabilities", raw)
-                return Advice(probs=probs, source=self.identity, raw=raw)
-            if self.distribution == "logprobs":
-                return self._failed("the backend returned no log-probabilities", raw)
-            if self._logprobs_supported is None:
-                logger.warning("%s returns no log-probabilities; using written probabilities instead", self.identity)
-            self._logprobs_supported = False
+            with self._probe_lock():
+                advice = self._logprob_answer(request, system, user) if self._use_logprobs() else None
+            if advice is not None:
+                return advice
         schema = self.schema(space) if self.structured else None
         if isinstance(space, spaces.Discrete) and self.distribution == "samples":
             gen = self._call(
@@ -313,6 +342,23 @@ class PromptedAdvisor(Advisor):
             return self._from_samples(gen.texts)
         gen = self._call(request, system, user, max_tokens=self.max_tokens, temperature=self.temperature, schema=schema)
         return self.parse(gen.texts[0] if gen.texts else "", space)
+
+    def _logprob_answer(self, request: AdviceRequest, system: str, user: str) -> Advice | None:
+        """The labels' probabilities from one one-token call; None when the backend gave no log-probabilities and
+        ``"auto"`` falls back to written ones."""
+        gen = self._call(request, system, user, max_tokens=1, temperature=0.0, logprobs=True)
+        raw = gen.texts[0] if gen.texts else ""
+        if gen.top_logprobs is not None:
+            if self.distribution == "auto":
+                self._learn_logprobs_support(True)
+            probs = probs_from_top_logprobs(gen.top_logprobs, self.prompt.labels)
+            if probs is None:
+                return self._failed("no action label among the top log-probabilities", raw)
+            return Advice(probs=probs, source=self.identity, raw=raw)
+        if self.distribution == "logprobs":
+            return self._failed("the backend returned no log-probabilities", raw)
+        self._learn_logprobs_support(False)
+        return None
 
     @property
     def circuit_open(self) -> bool:

@@ -288,7 +288,90 @@ def run_curve(run_dir: str | Path, window: int = 20, tag: str = "rollout/ep_rew_
     return curve
 
 
+def _zoo_run(run_dir: Path) -> tuple[str, str] | None:
+    """``(algo, env)`` of an RL Zoo run folder, ``<log folder>/<algo>/<env>_<n>`` holding ``<env>/args.yml``; the
+    algorithm is the ``algo`` in ``args.yml`` (the parent folder's name if that cannot be read). None otherwise."""
+    if not run_dir.is_dir():
+        return None
+    name = run_dir.resolve().name
+    for sub in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        if name.startswith(f"{sub.name}_") and (sub / "args.yml").is_file():
+            return _zoo_arg(sub / "args.yml", "algo") or run_dir.resolve().parent.name, sub.name
+    return None
+
+
+def _zoo_arg(args_file: Path, key: str) -> str | None:
+    """One argument from an RL Zoo ``args.yml``, which the zoo writes as a Python ``OrderedDict``: read with a safe
+    loader that knows that one tag (never ``yaml.UnsafeLoader``, which runs code)."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    def ordered_dict(loader: yaml.SafeLoader, node: yaml.Node) -> dict[Any, Any]:
+        if not isinstance(node, yaml.SequenceNode) or len(node.value) != 1:
+            raise yaml.constructor.ConstructorError(None, None, "not an OrderedDict's items", node.start_mark)
+        return dict(loader.construct_sequence(node.value[0], deep=True))
+
+    _Loader.add_constructor("tag:yaml.org,2002:python/object/apply:collections.OrderedDict", ordered_dict)
+    try:
+        args = yaml.load(args_file.read_text(), Loader=_Loader)  # a SafeLoader: other Python tags are refused
+    except (yaml.YAMLError, OSError, TypeError, ValueError):
+        return None
+    value = args.get(key) if isinstance(args, dict) else None
+    return str(value) if value else None
+
+
+def run_algo(run_dir: str | Path) -> str | None:
+    """The algorithm a run folder was trained with: ``algo`` in its ``run.json`` (``sb3-vlm train``) or in its RL
+    Zoo ``args.yml``; None when the folder does not say (plain Monitor or TensorBoard logs)."""
+    run_dir = Path(run_dir)
+    try:
+        algo = json.loads((run_dir / "run.json").read_text()).get("algo")
+        if algo:
+            return str(algo)
+    except (OSError, ValueError, AttributeError):
+        pass
+    zoo = _zoo_run(run_dir)
+    return zoo[0] if zoo is not None else None
+
+
 def default_label(run_dir: str | Path) -> str:
-    """Runs that differ only by a trailing seed / run number (``ppo_1``, ``ppo_seed2``) share a label."""
+    """
+    A run's label in ``sb3-vlm compare``: runs that differ only by a trailing seed / run number (``ppo_1``,
+    ``ppo_seed2``) share one. An RL Zoo run folder is named after its env (``logs/ppo/CartPole-v1_2``), so its label
+    is ``<algo>/<env>`` (``ppo/CartPole-v1``): PPO and GuidedPPO runs of one env are not averaged together.
+    """
+    zoo = _zoo_run(Path(run_dir))
+    if zoo is not None:
+        return f"{zoo[0]}/{zoo[1]}"
     name = Path(run_dir).resolve().name
     return re.sub(r"[_-](seed)?\d+$", "", name) or name
+
+
+def group_runs(runs: list[str | Path], labels: list[str] | None = None) -> dict[str, list[str | Path]]:
+    """
+    The runs of each curve in ``sb3-vlm compare``: ``labels`` (one per run) or :func:`default_label`, never merging
+    runs of different algorithms (:func:`run_algo`; runs whose algorithm is unknown merge with any). Default labels
+    that would merge them get the algorithm appended (``runs/a_0`` PPO and ``runs/a_1`` GuidedPPO: ``a (ppo)`` and
+    ``a (guided_ppo)``); explicit labels that would merge them raise a ``ValueError``.
+    """
+    if labels is not None and len(labels) != len(runs):
+        raise ValueError(f"--labels needs one label per run ({len(runs)}), got {len(labels)}")
+    algos = [run_algo(r) for r in runs]
+    names = labels if labels is not None else [default_label(r) for r in runs]
+    by_label: dict[str, set[str]] = {}
+    for name, algo in zip(names, algos, strict=True):
+        by_label.setdefault(name, set()).update([algo] if algo else [])
+    mixed = {name: found for name, found in by_label.items() if len(found) > 1}
+    if mixed and labels is not None:
+        name, found = next(iter(mixed.items()))
+        members = [f"{r} ({a or 'unknown'})" for r, n, a in zip(runs, names, algos, strict=True) if n == name]
+        raise ValueError(
+            f"label {name!r} would average runs of different algorithms ({', '.join(sorted(found))}): "
+            f"{', '.join(members)}. Give them different labels"
+        )
+    groups: dict[str, list[str | Path]] = {}
+    for run, name, algo in zip(runs, names, algos, strict=True):
+        groups.setdefault(f"{name} ({algo or 'unknown'})" if name in mixed else name, []).append(run)
+    return groups

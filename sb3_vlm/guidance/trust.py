@@ -215,6 +215,13 @@ def followed_continuous(
     return informative & (d_taken < d_mean), informative
 
 
+def advice_scores(advantages: np.ndarray, followed: np.ndarray, follow_prob: np.ndarray | float) -> np.ndarray:
+    """Each row's ``d = A · (1[f] / p − 1[¬f] / (1 − p))``, ``p`` clipped to [0.05, 0.95] (module docstring)."""
+    p = np.clip(np.asarray(follow_prob, dtype=np.float64), 0.05, 0.95)
+    weight = np.where(np.asarray(followed, dtype=bool), 1.0 / p, -1.0 / (1.0 - p))
+    return np.asarray(advantages, dtype=np.float64) * weight
+
+
 def advice_evidence(
     advantages: np.ndarray,
     followed: np.ndarray,
@@ -234,8 +241,8 @@ def advice_evidence(
     if f.sum() < min_rows or (~f).sum() < min_rows:
         return 0.0
     adv = np.asarray(advantages, dtype=np.float64).reshape(-1)[keep]
-    p = np.clip(np.broadcast_to(np.asarray(follow_prob, dtype=np.float64), keep.shape)[keep], 0.05, 0.95)
-    scores = adv * np.where(f, 1.0 / p, -1.0 / (1.0 - p))
+    p = np.broadcast_to(np.asarray(follow_prob, dtype=np.float64), keep.shape)[keep]
+    scores = advice_scores(adv, f, p)
     se = scores.std(ddof=1) / np.sqrt(scores.size)
     if not np.isfinite(se) or se < 1e-12:
         return 0.0
@@ -271,9 +278,9 @@ class TrustEstimator:
         Add a rollout's advice (informative rows only, (rows, k)) to the last ``settings.window`` rows and return
         their :func:`advice_diversity` (also kept as ``self.diversity``).
         """
-        advice = np.asarray(advice, dtype=np.float32).reshape(len(advice), -1)
-        if advice.shape[0] == 0:
+        if len(advice) == 0:
             return self.diversity
+        advice = np.asarray(advice, dtype=np.float32).reshape(len(advice), -1)
         recent = advice if self._recent_advice is None else np.concatenate([self._recent_advice, advice])
         self._recent_advice = recent[-max(self.settings.window, advice.shape[0]) :]
         self.diversity = advice_diversity(self._recent_advice, discrete, scale, self.settings.diversity_tol)
@@ -346,6 +353,7 @@ __all__ = [
     "TrustSettings",
     "advice_diversity",
     "advice_evidence",
+    "advice_scores",
     "fade_factor",
     "followed_continuous",
     "followed_discrete",
