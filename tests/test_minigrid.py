@@ -90,6 +90,9 @@ def test_oracle_soft_probabilities() -> None:
         ("MiniGrid-DoorKey-6x6-v0", 1.0),
         ("MiniGrid-GoToDoor-6x6-v0", 1.0),
         ("MiniGrid-Fetch-5x5-N2-v0", 1.0),
+        # closed doors toggled on the way, the key fetched, the locked door opened, the key dropped, the ball taken
+        ("MiniGrid-KeyCorridorS3R1-v0", 1.0),
+        ("MiniGrid-KeyCorridorS3R2-v0", 1.0),
         ("MiniGrid-Dynamic-Obstacles-5x5-v0", 0.7),  # obstacles move into the planned path now and then
     ],
 )

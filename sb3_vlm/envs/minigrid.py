@@ -41,7 +41,7 @@ _DIR_TO_VEC = ((1, 0), (0, 1), (-1, 0), (0, -1))
 _MISSION_WORDS = (*COLOR_NAMES, "door", "key", "ball", "box")
 
 StudentObs = Literal["symbolic", "symbolic_partial", "rgb_partial", "rgb_full"]
-TaskKind = Literal["goal", "doorkey", "goto_door", "fetch", "unsupported"]
+TaskKind = Literal["goal", "doorkey", "goto_door", "fetch", "keycorridor", "unsupported"]
 
 
 @dataclass
@@ -74,6 +74,8 @@ def _task_of(env: Any) -> tuple[TaskKind, tuple[int, int] | None]:
         return "goto_door", (OBJECT_TO_IDX["door"], COLOR_TO_IDX[env.target_color])
     if name == "FetchEnv":
         return "fetch", (OBJECT_TO_IDX[env.targetType], COLOR_TO_IDX[env.targetColor])
+    if name == "KeyCorridorEnv" and getattr(env, "obj", None) is not None:
+        return "keycorridor", (OBJECT_TO_IDX[env.obj.type], COLOR_TO_IDX[env.obj.color])
     return "goal", None
 
 
@@ -265,11 +267,22 @@ def make_minigrid_env(
 
 
 # --------------------------------------------------------------------------------------------- oracle planner
-def _passable(cell: np.ndarray) -> bool:
+def _passable(cell: np.ndarray, through_closed: bool = False) -> bool:
+    """Free to walk into; ``through_closed``: a closed (not locked) door counts too, the plan toggles it open."""
     obj = int(cell[0])
     if obj in (OBJECT_TO_IDX["empty"], OBJECT_TO_IDX["floor"], OBJECT_TO_IDX["goal"]):
         return True
-    return obj == OBJECT_TO_IDX["door"] and int(cell[2]) == STATE_TO_IDX["open"]
+    open_states = (STATE_TO_IDX["open"], STATE_TO_IDX["closed"]) if through_closed else (STATE_TO_IDX["open"],)
+    return obj == OBJECT_TO_IDX["door"] and int(cell[2]) in open_states
+
+
+def _closed_door(cell: np.ndarray) -> bool:
+    return int(cell[0]) == OBJECT_TO_IDX["door"] and int(cell[2]) == STATE_TO_IDX["closed"]
+
+
+def _through_closed_doors(state: MiniGridState) -> bool:
+    # KeyCorridor's rooms are joined by closed doors: the plan walks through them, toggling each open on the way
+    return state.task == "keycorridor"
 
 
 @dataclass
@@ -314,6 +327,19 @@ def _goal_for(state: MiniGridState) -> _Goal | None:
     if state.task == "fetch":
         assert state.target is not None
         return _Goal(find(state.target[0], color=state.target[1]), facing=True, final_action=PICKUP)
+    if state.task == "keycorridor":
+        # the ball waits behind a locked door whose key lies in another room: fetch the key, unlock the door, put
+        # the key down (the agent carries one object at a time), pick up the ball
+        assert state.target is not None
+        locked = find(door, door_state=STATE_TO_IDX["locked"])
+        carrying_key = state.carrying is not None and state.carrying[0] == key
+        if locked and not carrying_key:
+            return _Goal(find(key), facing=True, final_action=PICKUP)
+        if locked:
+            return _Goal(locked, facing=True, final_action=TOGGLE)
+        if carrying_key:
+            return _Goal(find(OBJECT_TO_IDX["empty"]), facing=True, final_action=DROP)
+        return _Goal(find(state.target[0], color=state.target[1]), facing=True, final_action=PICKUP)
     if state.task == "goal":
         cells = find(goal)
         return _Goal(cells, facing=False, final_action=None) if cells else None
@@ -331,7 +357,8 @@ def shortest_path_distances(state: MiniGridState) -> tuple[np.ndarray, _Goal] | 
         return None
     grid = state.grid
     w, h = grid.shape[:2]
-    passable = np.array([[_passable(grid[x, y]) for y in range(h)] for x in range(w)])
+    through = _through_closed_doors(state)
+    passable = np.array([[_passable(grid[x, y], through) for y in range(h)] for x in range(w)])
     passable[state.agent_pos] = True  # the agent's own cell is free (grid.encode() omits the agent)
     dist = np.full((w, h, 4), -1, dtype=np.int64)
     queue: deque[tuple[int, int, int]] = deque()
@@ -386,6 +413,8 @@ def optimal_actions(state: MiniGridState) -> list[int]:
     for action, nxt in nexts.items():
         if dist[nxt] == here - 1:
             best.append(action)
+    if FORWARD in best and _through_closed_doors(state) and _closed_door(state.grid[fx, fy]):
+        best[best.index(FORWARD)] = TOGGLE  # the way on is through this door: open it first
     return best
 
 
@@ -395,8 +424,9 @@ class MiniGridOracle(Advisor):
 
     Supports goal-reaching tasks (Empty, LavaGap, LavaCrossing, SimpleCrossing, DynamicObstacles — moving obstacles
     are walls at their current cells, and the oracle says "turn" to wait when they block every route), DoorKey
-    (key, door, goal), GoToDoor (reach a cell next to the named door, then ``done``) and Fetch (face the named
-    object, then ``pick up``). Reads the planning
+    (key, door, goal), GoToDoor (reach a cell next to the named door, then ``done``), Fetch (face the named
+    object, then ``pick up``) and KeyCorridor (key, locked door, drop the key, pick up the ball; closed doors are
+    toggled open on the way). Reads the planning
     state from ``AdviceRequest.state`` (see :class:`MiniGridTeacherView`); answers ``valid=False`` when the request
     has no state, the task is unsupported, or no plan exists.
 
