@@ -27,8 +27,8 @@ from sb3_vlm.zoo import _prepare_config as prepare_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _zoo(*args: str, cwd: Path, timeout: int = 300) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def _zoo(*args: str, cwd: Path, timeout: int = 300, extra_env: dict[str, str] | None = None) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", **(extra_env or {})}
     done = subprocess.run(
         [sys.executable, "-m", "sb3_vlm.zoo", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -66,11 +66,19 @@ def test_zoo_train_and_enjoy_guided_ppo_from_an_advisor_key(tmp_path: Path) -> N
             }
         )
     )
-    _zoo(
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    out = _zoo(
         "train", "--algo", "guided_ppo", "--env", "MiniGrid-Empty-5x5-v0", "-conf", str(conf), "-f", "logs",
         "--eval-freq", "128", "--eval-episodes", "2", "--tensorboard-log", "tb", "--seed", "0", cwd=tmp_path,
+        extra_env={"TMPDIR": str(temp)},
     )  # fmt: skip
+    # the user's file is what rl_zoo3 reads, logs and records; nothing is left in the temp folder
+    assert f"Loading hyperparameters from: {conf}" in out
+    assert not list(temp.glob("*.yml"))
     run = tmp_path / "logs" / "guided_ppo" / "MiniGrid-Empty-5x5-v0_1"
+    args = yaml.load((run / "MiniGrid-Empty-5x5-v0" / "args.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert dict(args)["conf_file"] == str(conf) and dict(args)["num_threads"] == 1
     assert (run / "MiniGrid-Empty-5x5-v0.zip").exists()
     saved = yaml.load((run / "MiniGrid-Empty-5x5-v0" / "config.yml").read_text(), Loader=yaml.UnsafeLoader)
     saved = dict(saved)
@@ -86,6 +94,8 @@ def test_zoo_train_and_enjoy_guided_ppo_from_an_advisor_key(tmp_path: Path) -> N
         cwd=tmp_path,
     )  # fmt: skip
     assert "Loading" in out and "MiniGrid-Empty-5x5-v0.zip" in out
+    # rl_zoo3's plot scripts run through the same entry point (seaborn comes with the zoo extra)
+    _zoo("plot_train", "-a", "guided_ppo", "-e", "MiniGrid-Empty-5x5-v0", "-f", "logs", cwd=tmp_path)
 
 
 def test_zoo_train_and_enjoy_guided_sac_with_an_env_wrapper_entry(tmp_path: Path) -> None:
@@ -119,8 +129,8 @@ def test_zoo_train_and_enjoy_guided_sac_with_an_env_wrapper_entry(tmp_path: Path
 def test_default_hyperparameters_are_used_without_conf() -> None:
     argv = prepare_config(["--algo", "guided_ppo", "--env", "MiniGrid-LavaGapS7-v0"], "guided_ppo")
     conf = Path(argv[argv.index("-conf") + 1])
-    assert conf != DEFAULT_HYPERPARAMS / "guided_ppo.yml"  # rewritten: the advisor key expanded
-    entry = yaml.safe_load(conf.read_text())["MiniGrid-LavaGapS7-v0"]
+    assert conf == DEFAULT_HYPERPARAMS / "guided_ppo.yml"  # the shipped file itself, never a temporary copy
+    entry = expand_advisor_keys(yaml.safe_load(conf.read_text()))["MiniGrid-LavaGapS7-v0"]
     assert "teacher_coef" not in entry and entry["n_steps"] == 128  # GuidedPPO's own default λ, with adaptive trust
     assert entry["env_wrapper"][-1] == {"sb3_vlm.zoo.advice_wrapper": {"advisor": "oracle", "query_every": 1}}
     assert prepare_config(["--algo", "ppo"], "ppo") == ["--algo", "ppo"]  # rl_zoo3's own defaults for its algos

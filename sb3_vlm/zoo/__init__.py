@@ -7,16 +7,17 @@ with three additions:
 
 - ``train`` without ``-conf`` uses the default hyperparameters shipped in ``sb3_vlm/zoo/hyperparams/<algo>.yml``;
 - an ``advisor:`` key in an env's yml entry is turned into an ``env_wrapper`` entry
-  (:func:`~sb3_vlm.zoo.wrappers.advice_wrapper`), so ``advisor: {advisor: oracle, query_every: 5}`` is enough;
+  (:func:`~sb3_vlm.zoo.wrappers.advice_wrapper`), so ``advisor: {advisor: oracle, query_every: 5}`` is enough; the
+  user's file is expanded as rl_zoo3 reads it (no temporary copy), so the logs and ``args.yml`` name that file;
+- ``train`` and ``enjoy`` run PyTorch on one thread unless ``--num-threads`` says otherwise: the policies are small
+  MLPs / CNNs, and on a loaded machine torch's default threads can make each gradient step ~100× slower;
 - evaluation envs during training and the envs of ``enjoy`` get no advice (the policy runs without its teacher,
   and no VLM call is paid for evaluation); ``enjoy`` loads guided SAC without allocating its replay buffer.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -107,25 +108,38 @@ def expand_advisor_keys(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prepare_config(argv: list[str], algo: str | None) -> list[str]:
-    """``train``: default hyperparameters for guided algorithms, and ``advisor:`` keys expanded (into a temp file)."""
-    import yaml
+    """``train``: the default hyperparameter file of a guided algorithm when ``-conf`` is not given."""
+    if _option(argv, "-conf", "--conf-file") is None and algo in GUIDED_ALGOS:
+        return [*argv, "-conf", str(DEFAULT_HYPERPARAMS / f"{algo}.yml")]
+    return argv
 
-    conf = _option(argv, "-conf", "--conf-file")
-    if conf is None:
-        if algo not in GUIDED_ALGOS:
-            return argv
-        conf = str(DEFAULT_HYPERPARAMS / f"{algo}.yml")
-        argv = [*argv, "-conf", conf]
-    if not conf.endswith((".yml", ".yaml")):  # a python module config: left to rl_zoo3
-        return argv
-    config = yaml.safe_load(Path(conf).read_text()) or {}
-    expanded = expand_advisor_keys(config)
-    if expanded == config:
-        return argv
-    fd, path = tempfile.mkstemp(prefix=f"{Path(conf).stem}_", suffix=".yml")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(expanded, f, sort_keys=False)
-    return [path if a == conf else a.replace(conf, path) for a in argv]
+
+class _AdvisorKeysYaml:
+    """``yaml`` as rl_zoo3's experiment manager sees it: ``safe_load`` expands ``advisor:`` keys
+    (:func:`expand_advisor_keys`); everything else is PyYAML's."""
+
+    def __getattr__(self, name: str) -> Any:
+        import yaml
+
+        return getattr(yaml, name)
+
+    @staticmethod
+    def safe_load(stream: Any) -> Any:
+        import yaml
+
+        data = yaml.safe_load(stream)
+        return expand_advisor_keys(data) if isinstance(data, dict) else data
+
+
+def _expand_advisor_keys_on_read() -> None:
+    from rl_zoo3 import exp_manager
+
+    if not isinstance(exp_manager.yaml, _AdvisorKeysYaml):
+        exp_manager.yaml = _AdvisorKeysYaml()  # type: ignore[assignment]
+
+
+def _one_thread_by_default(argv: list[str]) -> list[str]:
+    return argv if _option(argv, "--num-threads") is not None else [*argv, "--num-threads", "1"]
 
 
 def _no_advice_in_eval_envs() -> None:
@@ -179,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     script, rest = argv[0], argv[1:]
     algo = _option(rest, "--algo")
     if script == "train":
-        rest = _prepare_config(rest, algo)
+        rest = _one_thread_by_default(_prepare_config(rest, algo))
+        _expand_advisor_keys_on_read()
         _no_advice_in_eval_envs()
     elif script == "enjoy":
+        rest = _one_thread_by_default(rest)
         wrappers.ADVICE_OFF = True
         if algo == "guided_sac":
             from sb3_vlm.sac import GuidedSAC
