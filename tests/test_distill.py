@@ -112,3 +112,14 @@ def test_coefficients_and_schedule_values_must_be_finite_and_non_negative() -> N
     assert schedule(2, 0.5) == 1.0
     with pytest.raises(ValueError, match=r"teacher_coef schedule .* gave nan at update 3"):
         schedule(3, 0.5)
+
+
+def test_continuous_agreement_counts_rows_whose_mean_is_near_the_advice() -> None:
+    from sb3_vlm.guidance.distill import continuous_agreement
+
+    means = th.tensor([[0.0, 0.0], [0.5, 0.0], [0.1, -0.1], [3.0, 3.0]])
+    advised = th.zeros(4, 2)
+    valid = th.tensor([1.0, 1.0, 1.0, 0.0])  # the last row has no advice
+    # tol 0.1 of a range of 2: within 0.2 in every coordinate → rows 0 and 2 of the three valid ones
+    agreement = continuous_agreement(means, advised, valid, th.tensor([2.0, 2.0]))
+    assert agreement.item() == pytest.approx(2 / 3)

@@ -18,7 +18,13 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_vlm.advice import advice_batch_from_infos, pending_in_infos
 from sb3_vlm.buffers import AdvisedDictRolloutBuffer, AdvisedRolloutBuffer
-from sb3_vlm.guidance.distill import advised_action_nll, kl_distill_loss, teacher_agreement, teacher_targets
+from sb3_vlm.guidance.distill import (
+    advised_action_nll,
+    continuous_agreement,
+    kl_distill_loss,
+    teacher_agreement,
+    teacher_targets,
+)
 from sb3_vlm.guidance.schedules import CoefSchedule, as_coef_schedule
 from sb3_vlm.guidance.trust import (
     TrustEstimator,
@@ -412,8 +418,11 @@ class GuidedOnPolicyMixin:
             advised_log_prob = scaled.log_prob(advised).sum(dim=-1)
         else:
             advised_log_prob = distribution.log_prob(advised)
-        # agreement for continuous actions is not a meaningful count: report the fraction of valid rows instead
-        return advised_action_nll(advised_log_prob, advice_valid, advice_weight), advice_valid.float().mean()
+        # agreement: the policy mean within 10 % of the action range of the advice, in the policy's units
+        span = 2.0 if self.policy.squash_output else self._advice_scale()
+        scale = th.as_tensor(span, dtype=advised.dtype, device=advised.device)
+        agreement = continuous_agreement(distribution.mode(), advised, advice_valid, scale)
+        return advised_action_nll(advised_log_prob, advice_valid, advice_weight), agreement
 
     def _record_guidance(self, distill_losses: list[float], agreements: list[float], coef: float) -> None:
         valid = self.rollout_buffer.advice_valid  # type: ignore[attr-defined]

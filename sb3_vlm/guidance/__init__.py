@@ -1,6 +1,7 @@
 from sb3_vlm.guidance.distill import (
     advised_action_nll,
     capped_rows,
+    continuous_agreement,
     kl_distill_loss,
     masked_mean,
     teacher_agreement,
@@ -25,6 +26,7 @@ __all__ = [
     "advised_action_nll",
     "as_coef_schedule",
     "capped_rows",
+    "continuous_agreement",
     "kl_distill_loss",
     "masked_mean",
     "teacher_agreement",

@@ -108,6 +108,17 @@ def advised_action_nll(advised_log_prob: th.Tensor, valid: th.Tensor, weights: t
     return masked_mean(_weighted(-advised_log_prob, weights), valid)
 
 
+def continuous_agreement(
+    mean_actions: th.Tensor, advised: th.Tensor, valid: th.Tensor, scale: th.Tensor, tol: float = 0.1
+) -> th.Tensor:
+    """
+    Box counterpart of :func:`teacher_agreement` (a diagnostic): the fraction of valid rows whose policy mean lies
+    within ``tol · scale`` of the advised action in every coordinate (``scale``: the action range per coordinate).
+    """
+    close = ((mean_actions - advised).abs() <= tol * scale).all(dim=-1).float()
+    return masked_mean(close, valid).detach()
+
+
 def teacher_agreement(teacher_probs: th.Tensor, student_log_probs: th.Tensor, valid: th.Tensor) -> th.Tensor:
     """Fraction of valid rows where the student's most likely action is the teacher's (a diagnostic)."""
     same = (teacher_probs.argmax(dim=-1) == student_log_probs.argmax(dim=-1)).float()
