@@ -41,6 +41,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from sb3_vlm.advice import AdviceRequest
 from sb3_vlm.callbacks import collect_advice_counters
 from sb3_vlm.finetune.data import TrajectoryCollector
+from sb3_vlm.wrappers.vec_advice import restore_advice_counters
 
 #: version of the layout below; ``state.json`` of checkpoints before issue 17 has no ``checkpoint_format``
 CHECKPOINT_FORMAT = 2
@@ -698,6 +699,8 @@ def load_checkpoint(
     model = algo.load(folder / MODEL_FILE, env=env, **load_kwargs)
     if has_buffer and isinstance(model, OffPolicyAlgorithm):
         model.load_replay_buffer(folder / BUFFER_FILE)
+    if (model_env := model.get_env()) is not None:  # the run goes on counting where it stopped
+        restore_advice_counters(model_env, _read_state(folder).get("advisor_counters") or {})
     set_rng_state(extra["rng"])  # last: building the model draws from torch's RNG
     if finetune_callback is not None and "finetune" in extra:
         finetune_callback.load_state_dict(extra["finetune"])

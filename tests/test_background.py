@@ -16,7 +16,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_vlm import CallableAdvisor, GuidedPPO, GuidedSAC, VLMAdviceWrapper
 from sb3_vlm.advice import Advice, AdviceRequest, PendingAdvice
-from sb3_vlm.advisors.background import BackgroundAdvisor, prefers_background
+from sb3_vlm.advisors.background import BackgroundAdvisor, prefers_background, request_nbytes
 from sb3_vlm.advisors.base import Advisor
 from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
 from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
@@ -89,7 +89,7 @@ def test_full_queue_and_close_give_invalid_advice_never_a_hang() -> None:
     time.sleep(0.2)  # the worker has taken the first one and waits on the gate
     refused = [a for a in answers if not isinstance(a, PendingAdvice)]
     assert service.overflow == len(refused) >= 2
-    assert all(not a.valid and a.raw == "advice queue full" for a in refused)
+    assert all(not a.valid and a.raw == "advice queue full (2 requests)" for a in refused)
     queued = [a for a in answers if isinstance(a, PendingAdvice)][1:]
     service.close()
     assert all(a.result(1).raw == "advisor closed" for a in queued)
@@ -297,3 +297,57 @@ def test_per_env_non_blocking_wrappers_in_subprocess_workers_send_answers_not_ha
                 assert type(advice) is Advice and advice.valid and advice.action[0] == acted_on[i, 1]
     finally:
         venv.close()
+
+
+def test_queue_is_bounded_by_bytes_too_and_refusals_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 17, item 3: the queue was bounded by count only (100,000, not settable from the wrappers): with a hanging
+    server and 256×256 views, 3,070 pending requests held 965 MB."""
+    gate = threading.Event()
+    views = [AdviceRequest(image=np.full((256, 256, 3), i, np.uint8), state=np.array([0.0, i])) for i in range(10)]
+    each = request_nbytes(views[0])
+    assert each == 256 * 256 * 3 + 1024
+    service = BackgroundAdvisor(Gated(gate=gate), workers=1, max_batch=1, max_queued_bytes=3 * each)
+    with caplog.at_level("WARNING", "sb3_vlm.advisors.background"):
+        answers = service.submit(views)
+    refused = [a for a in answers if not isinstance(a, PendingAdvice)]
+    assert len(refused) == 7 == service.overflow == service.refused["bytes"] and service.refused["requests"] == 0
+    assert all(a.raw == "advice queue full (0.6 MiB of teacher views)" for a in refused)
+    assert service.pending == 3 and service.pending_bytes == 3 * each
+    assert caplog.text.count("Advice queue full (0.6 MiB of teacher views)") == 1  # logged once, with its reason
+    gate.set()
+    assert service.drain(5) and service.pending_bytes == 0  # answered requests give their bytes back
+    assert len([a for a in service.submit(views[3:6]) if isinstance(a, PendingAdvice)]) == 3
+    # the wrappers expose the bounds
+    env = VLMAdviceWrapper(CounterEnv(), Gated(), teacher_view=counter_view, non_blocking=True, max_queued=7,
+                           max_queued_bytes=12_345, max_wait=0.5)  # fmt: skip
+    venv = VecVLMAdviceWrapper(make_vec_env(CounterEnv, n_envs=2), Gated(), non_blocking=True, max_queued_bytes=None)
+    assert env.background is not None and venv.background is not None
+    assert (env.background.max_queued, env.background.max_queued_bytes, env.background.max_wait) == (7, 12_345, 0.5)
+    assert venv.background.max_queued_bytes is None
+
+
+def test_waits_for_a_pending_answer_are_bounded_by_max_wait() -> None:
+    """Issue 17, item 1: current_advice and a pending answer crossing a process boundary waited with no deadline."""
+    never = threading.Event()
+    service = BackgroundAdvisor(Gated(gate=never), max_wait=0.3)
+    pending = service.submit([_req(7)])[0]
+    start = time.perf_counter()
+    sent = pickle.loads(pickle.dumps(pending))  # what a SubprocVecEnv worker does with its step's info
+    assert 0.25 <= time.perf_counter() - start < 2.0
+    assert type(sent) is Advice and not sent.valid and "max_wait=0.3" in sent.raw and service.late == 1
+
+    gate = threading.Event()
+    env = VLMAdviceWrapper(CounterEnv(), Gated(gate=gate), teacher_view=counter_view, non_blocking=True, max_wait=0.3)
+    env.reset(seed=0)
+    start = time.perf_counter()
+    current = env.current_advice
+    assert current is not None and not current.valid and time.perf_counter() - start < 2.0
+    assert env.background is not None and env.background.late == 1
+    gate.set()
+    _, _, _, _, info = env.step(np.zeros(1, dtype=np.float32))
+    handle = info["vlm_advice"]
+    assert isinstance(handle, PendingAdvice) and handle.result(5).valid  # the late answer still fills its row
+    assert handle.result(5).action[0] == 0.0  # type: ignore[index]  # for the reset's observation (step 0)
+    never.set()
+    service.close()
+    env.close()

@@ -94,3 +94,29 @@ def test_slow_reply_past_the_timeout_is_counted() -> None:
         advice = advisor.advise([AdviceRequest(image=IMAGE, action_space=CAR)])[0]
     assert not advice.valid and time.perf_counter() - start < 1.4
     assert advisor.stats.errors == 1 and sum(advisor.http_errors.values()) >= 1
+
+
+def test_trickling_answer_is_cut_at_the_request_deadline_and_counted_as_a_timeout() -> None:
+    """Issue 17, item 1, for Gemini's SDK: its timeout bounded each socket read, not the request."""
+    import time
+
+    from tests.test_openai_advisor import TrickleServer
+
+    with TrickleServer(_body("action:[0, 0]"), "body", interval=0.05) as server:  # ~6 s for the whole answer
+        advisor = _advisor(server, timeout=0.8, max_retries=1)
+        start = time.perf_counter()
+        advice = advisor.advise([AdviceRequest(image=IMAGE, action_space=CAR)])[0]
+        elapsed = time.perf_counter() - start
+    assert not advice.valid and 1.5 <= elapsed < 2.8 and server.requests == 2  # two tries, each cut at 0.8 s
+    assert advisor.http_errors == {"timeout": 2} and advisor.retries == 1 and advisor.stats.errors == 1
+
+
+def test_cache_identity_names_the_endpoint_actually_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17, item 5: the identity said "google" wherever GOOGLE_GEMINI_BASE_URL sent the requests."""
+    monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
+    assert GeminiAdvisor("g", COVR_HIGHWAY, api_key="AIza-test").identity.startswith("gemini:google:g:")
+    with LoopbackServer([Reply(body=_body("action:[0.25, 0.5]"))]) as server:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.url)
+        advisor = GeminiAdvisor("g", COVR_HIGHWAY, api_key="AIza-test")
+        assert advisor.advise([AdviceRequest(image=IMAGE, action_space=CAR)])[0].valid
+    assert len(server.requests) == 1 and advisor.identity.startswith(f"gemini:{server.url}:g:")

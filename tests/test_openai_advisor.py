@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import socket
+import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ from gymnasium import spaces
 pytest.importorskip("openai")
 
 from sb3_vlm.advice import AdviceRequest
+from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
 from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
 from sb3_vlm.advisors.prompted import probs_from_top_logprobs
 from sb3_vlm.advisors.prompts import COVR_HIGHWAY, MINIGRID_PROMPT, MINIGRID_TWO_STAGE
@@ -30,9 +35,86 @@ def _grid() -> AdviceRequest:
     return AdviceRequest(image=IMAGE, context={"mission": "get to the green goal square"}, action_space=GRID)
 
 
-def _advisor(server: LoopbackServer, prompt=COVR_HIGHWAY, **kwargs) -> OpenAIAdvisor:
+def _advisor(server: LoopbackServer | TrickleServer, prompt=COVR_HIGHWAY, **kwargs) -> OpenAIAdvisor:
     kwargs.setdefault("max_backoff", 0.05)
     return OpenAIAdvisor("test-model", prompt, base_url=f"{server.url}/v1", api_key="sk-test", **kwargs)
+
+
+class TrickleServer:
+    """
+    A loopback HTTP server (127.0.0.1 only) that answers every request with ``body`` (200, JSON) and trickles
+    ``part`` of it, ``"headers"`` or ``"body"``, one byte every ``interval`` seconds; after ``limit`` seconds on one
+    answer it hangs up. Stopped, its threads joined, on leaving the ``with`` block.
+    """
+
+    def __init__(self, body: dict[str, Any], part: str = "body", interval: float = 0.05, limit: float = 3.0):
+        self.body, self.part, self.interval, self.limit = json.dumps(body).encode(), part, interval, limit
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.requests = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._serve, daemon=True)]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def __enter__(self) -> TrickleServer:
+        self._threads[0].start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._answer, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(self.limit)
+                self._read_request(conn)
+                self.requests += 1
+                head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                head %= len(self.body)
+                fast, slow, rest = (b"", head, self.body) if self.part == "headers" else (head, self.body, b"")
+                conn.sendall(fast)
+                start = time.monotonic()
+                for i in range(len(slow)):
+                    if self._stop.is_set() or time.monotonic() - start > self.limit:
+                        return  # hang up
+                    conn.sendall(slow[i : i + 1])
+                    time.sleep(self.interval)
+                conn.sendall(rest)
+            except OSError:  # the client hung up: its deadline passed
+                pass
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ConnectionError("the client left")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        fields = [line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line]
+        length = next((int(v) for k, v in fields if k.strip().lower() == b"content-length"), 0)
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ConnectionError("the client left")
+            body += chunk
 
 
 def test_continuous_answer_with_image_and_usage() -> None:
@@ -151,7 +233,7 @@ def test_429_retry_after_is_honoured_and_counted() -> None:
         advice = advisor.advise([_car()])[0]
         waited = time.perf_counter() - start
     assert advice.valid and waited >= 0.3
-    assert advisor.retries == 1 and advisor.http_errors == {"RateLimitError": 1}
+    assert advisor.retries == 1 and advisor.http_errors == {"HTTP 429": 1}
 
 
 def test_persistent_500_gives_counted_invalid_advice() -> None:
@@ -159,7 +241,7 @@ def test_persistent_500_gives_counted_invalid_advice() -> None:
         advisor = _advisor(server, max_retries=2)
         advice = advisor.advise([_car(), _car()])
     assert not any(a.valid for a in advice)
-    assert advisor.http_errors["InternalServerError"] == 6 and advisor.retries == 4
+    assert advisor.http_errors == {"HTTP 500": 6} and advisor.retries == 4
     assert advisor.stats.errors == 2 and advisor.stats.invalid == 2 and len(server.requests) == 6
 
 
@@ -169,14 +251,14 @@ def test_slow_reply_past_the_timeout() -> None:
         start = time.perf_counter()
         advice = advisor.advise([_car()])[0]
     assert not advice.valid and time.perf_counter() - start < 1.5
-    assert advisor.http_errors["APITimeoutError"] == 2
+    assert advisor.http_errors == {"timeout": 2}
 
 
 def test_400_is_not_retried() -> None:
     with LoopbackServer([Reply(status=400, body={"error": {"message": "bad"}})]) as server:
         advisor = _advisor(server)
         advice = advisor.advise([_car()])[0]
-    assert not advice.valid and len(server.requests) == 1 and advisor.http_errors == {"HTTP 400": 1, "failed": 1}
+    assert not advice.valid and len(server.requests) == 1 and advisor.http_errors == {"HTTP 400": 1}
 
 
 def test_unparseable_and_nan_answers_are_counted_not_raised() -> None:
@@ -301,3 +383,72 @@ def test_query_budget_and_rate_limit() -> None:
         start = time.perf_counter()
         assert all(x.valid for x in limited.advise([_car() for _ in range(6)]))
         assert time.perf_counter() - start >= 0.45  # six calls at 10/s: the last starts 0.5 s after the first
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_trickling_answer_is_cut_at_the_request_deadline_counted_as_a_timeout_and_opens_the_breaker(part: str) -> None:
+    """Issue 17, item 1: `timeout` bounded each socket read, so a server trickling a byte every 0.5 s held one request
+    for 40 s with timeout=1, its answer then counted as valid and the circuit breaker never opened."""
+    with TrickleServer(chat_completion("action:[0.1, 0.9]"), part, interval=0.05) as server:  # ~4 s per answer
+        advisor = _advisor(server, timeout=0.8, max_retries=0, concurrency=1, breaker_failures=2, breaker_cooldown=60)
+        start = time.perf_counter()
+        answers = advisor.advise([_car() for _ in range(3)])
+        elapsed = time.perf_counter() - start
+    assert 1.5 <= elapsed < 2.8  # two requests cut at 0.8 s each, the third held back by the open breaker
+    assert not any(a.valid for a in answers) and server.requests == 2
+    assert advisor.http_errors == {"timeout": 2} and advisor.stats.errors == 2
+    assert advisor.circuit_open and advisor.circuit_skips == 1 and advisor.stats.queries == 2
+
+
+def test_oversized_answer_is_refused_counted_and_only_a_prefix_of_any_answer_is_kept(tmp_path) -> None:
+    """Issue 17, item 2: the answer size was not configurable on the advisor, and the raw text of a 30-50 MB answer
+    was kept whole in Advice.raw and in the cache."""
+    huge = "action:[0.1, 0.9] " + "lorem ipsum " * 200_000  # 2.4 MB
+    long_valid = "Reasoning: " + "the road bends. " * 600 + "action:[0.3, 0.4]"  # 9.6 kB: under the default cap
+    replies = [Reply(body=chat_completion(text)) for text in (huge, long_valid, "action:[0.5, 0.5] " + "x" * 300)]
+    with LoopbackServer(replies) as server:
+        advisor = _advisor(server, concurrency=1)
+        advisor.raw_chars = 1_000
+        cached = CachedAdvisor(advisor, AdviceCache(tmp_path / "cache.sqlite"))
+        requests = [AdviceRequest(image=np.full((8, 8, 3), i, np.uint8), action_space=CAR) for i in range(2)]
+        oversized, valid = cached.advise(requests)
+        strict = _advisor(server, max_answer_chars=200)
+        refused = strict.advise([_car()])[0]
+    assert not oversized.valid and oversized.refused and advisor.oversized == 1 == advisor.parse_failures
+    assert valid.valid and np.allclose(valid.action, [0.3, 0.4])
+    for advice in (oversized, valid):
+        assert 1_000 <= len(advice.raw) < 1_100 and advice.raw.endswith("more characters]")
+    stored, corrupt = cached.cache.read(requests[1].cache_key(advisor.identity), CAR)
+    assert stored is not None and not corrupt and stored.raw == valid.raw  # the cache keeps the prefix too
+    assert not refused.valid and strict.oversized == 1 and refused.raw.startswith("action:[0.5, 0.5]")  # 318 > 200
+
+
+def test_negative_nan_and_infinite_retry_after_are_clamped_and_the_retries_happen() -> None:
+    """Issue 17, item 4: a negative or NaN Retry-After went straight to time.sleep, whose ValueError dropped the retry
+    that had been counted."""
+    replies = [
+        Reply(status=429, body={"error": {"message": "slow down"}}, headers={"retry-after": value})
+        for value in ("-5", "nan", "inf")
+    ]
+    with LoopbackServer([*replies, Reply(body=chat_completion("action:[0, 1]"))]) as server:
+        advisor = _advisor(server, max_retries=3, max_backoff=0.05)
+        start = time.perf_counter()
+        advice = advisor.advise([_car()])[0]
+    assert advice.valid and len(server.requests) == 4 and time.perf_counter() - start < 2.0
+    assert advisor.retries == 3 and advisor.http_errors == {"HTTP 429": 3} and advisor.stats.errors == 0
+
+
+def test_requests_held_back_are_not_queries_and_http_errors_count_failed_attempts_only() -> None:
+    """Issue 17, item 4: `queries` counted requests the breaker or the budget skipped, and `http_errors` mixed in
+    one "failed" per failed request."""
+    with LoopbackServer([Reply(body=chat_completion("action:[0.1, 0.9]"))]) as server:
+        budget = _advisor(server, concurrency=1, max_queries=2)
+        budget.advise([_car() for _ in range(5)])
+    assert budget.stats.queries == 2 == len(server.requests) and budget.budget_skips == 3
+    assert budget.stats.invalid == 3 and budget.http_errors == {}
+    with LoopbackServer([Reply(status=500, body={"error": {"message": "down"}})]) as server:
+        breaker = _advisor(server, concurrency=1, max_retries=1, breaker_failures=1, breaker_cooldown=60)
+        breaker.advise([_car() for _ in range(4)])
+    assert breaker.stats.queries == 1 and breaker.circuit_skips == 3 and len(server.requests) == 2
+    assert breaker.http_errors == {"HTTP 500": 2} and breaker.retries == 1 and breaker.stats.errors == 1
+    assert breaker.stats.mean_latency == breaker.stats.total_latency  # over the one query, not over four

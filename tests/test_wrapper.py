@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -92,3 +94,36 @@ def test_wrapper_passes_check_env_and_validates_arguments() -> None:
         VLMAdviceWrapper(CounterEnv(), advisor=lambda r: None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="teacher view"):
         VLMAdviceWrapper(CounterEnv(), CallableAdvisor(_echo)).reset()
+
+
+def test_advisor_counters_saved_in_a_checkpoint_are_restored_on_resume(tmp_path) -> None:
+    """Issue 17, item 4: state.json saved the advisor counters, but a resumed run started them from zero."""
+    pytest.importorskip("openai")
+    from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
+    from sb3_vlm.advisors.prompts import PENDULUM_PROMPT
+    from sb3_vlm.checkpoint import VLMCheckpointCallback, load_checkpoint
+    from sb3_vlm.envs.pendulum import make_pendulum_env
+    from sb3_vlm.sac import GuidedSAC
+    from sb3_vlm.testing import LoopbackServer, Reply, chat_completion
+
+    ok = Reply(body=chat_completion("action:[0.5]", tokens=7))
+    down = Reply(status=503, body={"error": {"message": "x"}})
+    with LoopbackServer([ok, down, ok, down, down, ok]) as server:  # the last one repeats
+
+        def make_env() -> VLMAdviceWrapper:
+            advisor = OpenAIAdvisor("m", PENDULUM_PROMPT, base_url=f"{server.url}/v1", api_key="none", max_retries=1,
+                                    max_backoff=0.01)  # fmt: skip
+            return VLMAdviceWrapper(make_pendulum_env(), advisor, non_blocking=False)
+
+        env = make_env()
+        model = GuidedSAC("MlpPolicy", env, learning_starts=1000, buffer_size=100, seed=0)  # no updates: fast
+        model.learn(6, callback=VLMCheckpointCallback(tmp_path, save_freq=0, handle_signals=False))
+        _, saved = env.advice_counters()
+        resumed = make_env()
+        load_checkpoint(tmp_path, GuidedSAC, resumed)
+    # 7 requests (6 steps and the reset's): the 2nd answered on its retry, the 3rd failed after its retry
+    assert (saved["queries"], saved["errors"], saved["retries"], saved["tokens"]) == (7, 1, 2, 6 * 7)
+    advisor: Any = resumed.base_advisor
+    assert (advisor.stats.queries, advisor.stats.errors, advisor.retries, advisor.tokens) == (7, 1, 2, 42)
+    assert advisor.http_errors == env.base_advisor.http_errors and sum(advisor.http_errors.values()) == 3  # by kind
+    assert resumed.advice_counters()[1] == saved  # every counter, latency included

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, TypeVar
 
 from sb3_vlm.advice import Advice, AdviceRequest, advice_problem
@@ -14,20 +14,59 @@ from sb3_vlm.advice import Advice, AdviceRequest, advice_problem
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: What each advisor counter means: the one place they are defined. :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`
+#: logs them as ``advisor/<name>`` (summed over the training env's advisors), checkpoints save them and
+#: :func:`~sb3_vlm.checkpoint.load_checkpoint` restores them. Each counts requests unless it says otherwise; "part of
+#: X" marks a counter whose requests are also counted in X.
+COUNTERS: dict[str, str] = {
+    # AdvisorStats: every advisor
+    "queries": "requests sent to the backend, each once whatever its retries; not cache hits, nor requests the "
+    "circuit breaker or the query budget held back",
+    "invalid": "answers that gave no usable advice, whatever the reason (failed or held-back requests, refusals, "
+    "unparseable, oversized or malformed answers)",
+    "errors": "requests that got no answer from the backend (an exception after the last retry); part of queries "
+    "and of invalid",
+    "malformed": "answers marked valid that could not be used (NaN, a wrong shape, a string action), made invalid; "
+    "part of invalid",
+    "cache_hits": "requests answered from the cache, remembered refusals included",
+    "refusal_hits": "requests answered by a remembered refusal without asking; part of cache_hits",
+    "cache_misses": "requests the cache could not answer",
+    "cache_corrupt": "cached rows that failed their checksum or validation; part of cache_misses",
+    "total_latency": "seconds the backend spent on the queries",
+    "mean_latency": "total_latency / queries (seconds)",
+    # PromptedAdvisor: API and local VLM backends
+    "tokens": "tokens the backend reported (not requests)",
+    "retries": "attempts repeated after a retryable failure (not requests); each follows one of http_errors",
+    "http_errors": "failed attempts (not requests), each once, retries included; by kind in the advisor's "
+    "``http_errors`` dict: 'timeout' (the request's deadline passed), 'connection', 'HTTP <status>'",
+    "parse_failures": "answers that named no usable action: refusals, hedges, unparseable or oversized answers; part "
+    "of invalid",
+    "oversized": "answers longer than the advisor's max_answer_chars, refused unread; part of parse_failures",
+    "circuit_skips": "requests the open circuit breaker held back, never sent; part of invalid, not of queries",
+    "budget_skips": "requests held back once the query budget was spent, never sent; part of invalid, not of queries",
+    # BackgroundAdvisor: the non-blocking queue
+    "pending": "requests queued or being answered now (a level, not a count)",
+    "deduplicated": "requests that shared the answer of an identical request in flight",
+    "overflow": "requests refused at once because the queue was full (max_queued requests, or max_queued_bytes of "
+    "teacher views: the reason is in the answer's raw text and the log)",
+    "late": "pending answers given up on after max_wait by something that had to wait for them (current_advice, a "
+    "step crossing a process boundary); the answer still reaches the cache when it comes",
+}
+
 
 @dataclass
 class AdvisorStats:
-    """Counters every advisor keeps (logged by the algorithms and shown by the demo)."""
+    """Counters every advisor keeps (meanings: :data:`COUNTERS`)."""
 
-    queries: int = 0  # requests answered by the backend (cache hits excluded)
-    invalid: int = 0  # answers with valid=False (parse failures, no plan, malformed answers, ...)
-    errors: int = 0  # backend exceptions turned into invalid advice
-    malformed: int = 0  # answers marked valid that could not be used (NaN, wrong shape ...): made invalid, in invalid
+    queries: int = 0
+    invalid: int = 0
+    errors: int = 0
+    malformed: int = 0
     cache_hits: int = 0
-    refusal_hits: int = 0  # requests answered by a remembered refusal without asking (also in cache_hits)
+    refusal_hits: int = 0
     cache_misses: int = 0
-    cache_corrupt: int = 0  # cached rows that failed their checksum or validation (also in cache_misses)
-    total_latency: float = 0.0  # seconds spent in the backend
+    cache_corrupt: int = 0
+    total_latency: float = 0.0
 
     @property
     def mean_latency(self) -> float:
@@ -35,6 +74,11 @@ class AdvisorStats:
 
     def as_dict(self) -> dict[str, float]:
         return {**asdict(self), "mean_latency": self.mean_latency}
+
+
+class NotAsked(Advice):
+    """Invalid advice given without asking the backend (an open circuit breaker, a spent query budget): not counted
+    in ``queries``."""
 
 
 class Advisor(ABC):
@@ -80,11 +124,12 @@ class Advisor(ABC):
                 raise RuntimeError(f"{self.identity} returned {len(answers)} answers for {len(requests)} requests")
         except Exception as exc:  # a bad teacher must not lose the run: count, log, mask
             self.stats.errors += len(requests)
-            logger.warning("Advisor %s failed on a batch of %d: %r", self.identity, len(requests), exc)
-            answers = [Advice.invalid(source=self.identity, raw=repr(exc)) for _ in requests]
+            raw = self.redact(repr(exc))
+            logger.warning("Advisor %s failed on a batch of %d: %s", self.identity, len(requests), raw)
+            answers = [Advice.invalid(source=self.identity, raw=raw) for _ in requests]
         elapsed = time.perf_counter() - start
         answers = [self._usable(a, r) for a, r in zip(answers, requests, strict=True)]
-        self.stats.queries += len(requests)
+        self.stats.queries += sum(not isinstance(a, NotAsked) for a in answers)
         self.stats.total_latency += elapsed
         per_request = elapsed / len(requests)
         invalid = sum(not advice.valid for advice in answers)
@@ -92,6 +137,14 @@ class Advisor(ABC):
         self._watch_unusable(len(answers), invalid)
         # advice is immutable: an answer that did not time itself gets a copy with the batch's share
         return [replace(a, latency=per_request) if a.latency == 0.0 else a for a in answers]
+
+    def redact(self, text: str) -> str:
+        """``text`` without secrets, before it is logged or kept: advisors holding an API key override this, and
+        wrappers (cache, noise ...) redact as the advisor they wrap does."""
+        for current in advisor_chain(self):
+            if current is not self and type(current).redact is not Advisor.redact:
+                return current.redact(text)
+        return text
 
     def _usable(self, advice: Advice, request: AdviceRequest) -> Advice:
         """``advice``, or invalid advice (counted) when it is marked valid but cannot be used for ``request``."""
@@ -146,3 +199,43 @@ def advisor_chain(advisor: Advisor) -> Iterator[Advisor]:
         seen.add(id(current))
         yield current
         current = getattr(current, "advisor", None) or getattr(current, "base", None)
+
+
+#: API counters an advisor keeps as attributes, beyond its :class:`AdvisorStats` (see :data:`COUNTERS`)
+ATTRIBUTE_COUNTERS = ("tokens", "retries", "parse_failures", "oversized", "circuit_skips", "budget_skips")
+
+
+def counter_details(advisor: Advisor) -> dict[str, float]:
+    """
+    What :func:`~sb3_vlm.callbacks.advisor_counters` leaves out and a resumed run needs to go on counting, summed over
+    ``advisor`` and the advisors it wraps: ``oversized``, and ``http_errors`` by kind as ``"http_errors.<kind>"``.
+    """
+    out: dict[str, float] = {"oversized": 0.0}
+    for current in advisor_chain(advisor):
+        out["oversized"] += float(getattr(current, "oversized", 0) or 0)
+        errors = getattr(current, "http_errors", None)
+        for kind, n in errors.items() if isinstance(errors, dict) else ():
+            out[f"http_errors.{kind}"] = out.get(f"http_errors.{kind}", 0.0) + float(n)
+    return out
+
+
+def restore_counters(advisor: Advisor, counters: Mapping[str, float]) -> None:
+    """
+    Set the counters of ``advisor`` to ``counters`` (what its wrapper's ``advice_counters()`` gave, e.g. saved in a
+    checkpoint's ``state.json``): the :class:`AdvisorStats` fields, and each of :data:`ATTRIBUTE_COUNTERS` and the
+    ``http_errors`` kinds on the first advisor of the chain that keeps it. Levels (``mean_latency``) are derived, and
+    keys it does not know are ignored.
+    """
+    for field in fields(AdvisorStats):
+        if field.name in counters:
+            setattr(advisor.stats, field.name, type(getattr(advisor.stats, field.name))(counters[field.name]))
+    chain = list(advisor_chain(advisor))
+    for name in ATTRIBUTE_COUNTERS:
+        holder = next((a for a in chain if isinstance(getattr(a, name, None), int)), None)
+        if holder is not None and name in counters:
+            setattr(holder, name, int(counters[name]))
+    kinds = {key.split(".", 1)[1]: int(n) for key, n in counters.items() if key.startswith("http_errors.")}
+    holder = next((a for a in chain if isinstance(getattr(a, "http_errors", None), dict)), None)
+    if holder is not None and kinds:
+        holder.http_errors.clear()  # type: ignore[attr-defined]
+        holder.http_errors.update(kinds)  # type: ignore[attr-defined]

@@ -13,7 +13,9 @@ Differences between servers that matter here (handled, or documented in the READ
 - **structured output** (``response_format`` JSON schema): OpenAI, vLLM (guided decoding), llama.cpp (grammar);
   Ollama and Gemini accept ``{"type": "json_object"}`` at most. Off by default; the parsers read JSON anyway.
 - **API keys**: local servers accept any key; the key is read from ``api_key`` or the ``api_key_env`` variable and
-  never appears in ``repr``, logs or the cache key.
+  never appears in ``repr``, logs or the cache key; an error body that echoes it is redacted before it is logged.
+- **The URL**: ``base_url=None`` is what the ``openai`` client makes of it (``OPENAI_BASE_URL``, else OpenAI's), and
+  the cache identity names that URL.
 """
 
 from __future__ import annotations
@@ -31,13 +33,23 @@ from typing import Any, Literal
 import numpy as np
 
 from sb3_vlm.advice import AdviceRequest, image_as_uint8
-from sb3_vlm.advisors.prompted import Call, Distribution, Generation, PromptedAdvisor, RetryDecision
+from sb3_vlm.advisors.deadline import deadline_transport, http_module
+from sb3_vlm.advisors.prompted import (
+    Call,
+    Distribution,
+    Generation,
+    PromptedAdvisor,
+    RetryDecision,
+    retry_after_seconds,
+)
 from sb3_vlm.advisors.prompts import PromptTemplate
 
 logger = logging.getLogger(__name__)
 
 #: Gemini's OpenAI-compatible endpoint
 GEMINI_OPENAI_URL = "https://generativelanguage.googleapis.com/v1beta/openai/"
+#: the URL the ``openai`` client calls when neither ``base_url`` nor ``OPENAI_BASE_URL`` names one
+OPENAI_URL = "https://api.openai.com/v1"
 
 
 def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
@@ -88,10 +100,12 @@ class OpenAIAdvisor(PromptedAdvisor):
     :param api_key_env: environment variable holding the key
     :param detail: image detail (``"low"``, ``"high"``, ``"auto"``)
     :param structured: ask for JSON-schema output (where the server supports it)
-    :param timeout: seconds per HTTP request
+    :param timeout: seconds each HTTP request may take in all (connect, send, the whole answer); a request past it is
+        cut and counted and retried as a timeout
     :param image_format: ``"png"`` (lossless) or ``"jpeg"``
     :param kwargs: ``distribution``, ``n_samples``, ``temperature``, ``max_tokens``, ``max_retries``,
-        ``max_backoff``, ``concurrency`` (:class:`~sb3_vlm.advisors.prompted.PromptedAdvisor`)
+        ``max_backoff``, ``concurrency``, ``max_answer_chars``, the breaker and the budget
+        (:class:`~sb3_vlm.advisors.prompted.PromptedAdvisor`)
     """
 
     def __init__(
@@ -109,7 +123,7 @@ class OpenAIAdvisor(PromptedAdvisor):
         endpoint_concurrency: int | None = None,
         **kwargs: Any,
     ):
-        super().__init__(prompt, distribution=distribution, structured=structured, **kwargs)
+        super().__init__(prompt, distribution=distribution, structured=structured, timeout=timeout, **kwargs)
         try:
             import openai
         except ImportError as exc:
@@ -121,15 +135,26 @@ class OpenAIAdvisor(PromptedAdvisor):
             raise ValueError(f"endpoint_concurrency must be >= 1, got {endpoint_concurrency}")
         self.model, self.detail = model, detail
         self.base_url = urls[0] if len(urls) == 1 else ",".join(str(u) for u in urls)
-        self.timeout, self.image_format = timeout, image_format
+        self.image_format = image_format
         key = api_key if api_key is not None else os.environ.get(api_key_env)
         if key is None and base_url is None:
             raise ValueError(f"No API key: pass api_key=... or set {api_key_env}")
-        # retries are PromptedAdvisor's (max_retries=0 here) so every retry and failure is counted
-        self.endpoints = [
-            _Endpoint(url, openai.OpenAI(api_key=key or "none", base_url=url, timeout=timeout, max_retries=0))
-            for url in urls
-        ]
+        self._set_secret(key)
+        httpx = http_module(openai.DefaultHttpxClient)
+
+        def client(url: str | None) -> Any:
+            # retries are PromptedAdvisor's (max_retries=0 here) so every retry and failure is counted; the transport
+            # bounds each whole request by `timeout` (the client's own timeout bounds each socket operation only)
+            transport = deadline_transport(httpx, url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL)
+            return openai.OpenAI(
+                api_key=key or "none", base_url=url, timeout=timeout, max_retries=0,
+                http_client=openai.DefaultHttpxClient(transport=transport),
+            )  # fmt: skip
+
+        self.endpoints = [_Endpoint(url, client(url)) for url in urls]
+        url = str(self.client.base_url).rstrip("/")
+        # what the cache identity names: base_url as given, else what the client made of it (OPENAI_BASE_URL)
+        self._called_url = self.base_url or ("api.openai.com" if url == OPENAI_URL else url)
         self.endpoint_concurrency = endpoint_concurrency
         self._dispatch = threading.Condition()
         self._turn = 0
@@ -141,27 +166,28 @@ class OpenAIAdvisor(PromptedAdvisor):
         return self.endpoints[0].client
 
     @property
+    def called_url(self) -> str:
+        """The server this advisor calls: ``base_url`` as given, else the ``openai`` client's (``OPENAI_BASE_URL``, or
+        ``"api.openai.com"`` for OpenAI's own, as cache identities always named it)."""
+        return self._called_url
+
+    @property
     def identity(self) -> str:
         # everything that changes answers; never the key
-        return (
-            f"openai:{self.base_url or 'api.openai.com'}:{self.model}:{self.settings_identity()}:detail={self.detail}"
-        )
+        return f"openai:{self.called_url}:{self.model}:{self.settings_identity()}:detail={self.detail}"
 
     def __repr__(self) -> str:
         return f"OpenAIAdvisor(model={self.model!r}, base_url={self.base_url!r}, prompt={self.prompt.name!r})"
 
     def _classify(self, exc: Exception) -> RetryDecision | None:
         openai = self._openai
-        retryable = (
-            openai.RateLimitError,
-            openai.InternalServerError,
-            openai.APITimeoutError,
-            openai.APIConnectionError,
-        )
-        if isinstance(exc, retryable):
-            return RetryDecision(type(exc).__name__, True, _retry_after(exc))
-        if isinstance(exc, openai.APIStatusError):  # other 4xx: a bad request will not improve
-            return RetryDecision(f"HTTP {exc.status_code}", False)
+        if isinstance(exc, openai.APITimeoutError):  # the request's deadline (or a socket operation's) passed
+            return RetryDecision("timeout", True)
+        if isinstance(exc, openai.APIConnectionError):
+            return RetryDecision("connection", True)
+        if isinstance(exc, openai.APIStatusError):  # 429 and 5xx are retried; other 4xx: a bad request will not improve
+            retry = isinstance(exc, (openai.RateLimitError, openai.InternalServerError))
+            return RetryDecision(f"HTTP {exc.status_code}", retry, retry_after_seconds(exc))
         return None
 
     def messages(self, request: AdviceRequest, system: str, user: str, image_format: str | None = None) -> list[Any]:
@@ -224,7 +250,8 @@ class OpenAIAdvisor(PromptedAdvisor):
             }
         endpoint = self._acquire()
         try:
-            response = endpoint.client.chat.completions.create(model=self.model, **kwargs)
+            with self._request_deadline():  # an answer after it is a timeout, never used
+                response = endpoint.client.chat.completions.create(model=self.model, **kwargs)
         except Exception:
             self._release(endpoint, ok=False)
             raise
@@ -233,15 +260,6 @@ class OpenAIAdvisor(PromptedAdvisor):
         texts = [c.message.content or "" for c in response.choices]
         top = _top_logprobs(response.choices[0]) if call.logprobs and response.choices else None
         return Generation(texts, top, int(getattr(usage, "total_tokens", 0) or 0))
-
-
-def _retry_after(exc: Exception) -> float | None:
-    response = getattr(exc, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _top_logprobs(choice: Any) -> list[tuple[str, float]] | None:

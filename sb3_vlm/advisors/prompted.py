@@ -4,8 +4,11 @@ counted retries with backoff, bounded concurrency. Backends implement one call (
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import logging
+import math
 import random
+import re
 import threading
 import time
 from abc import abstractmethod
@@ -18,8 +21,9 @@ import numpy as np
 from gymnasium import spaces
 
 from sb3_vlm.advice import Advice, AdviceRequest
-from sb3_vlm.advisors.base import Advisor
-from sb3_vlm.advisors.parsing import Parsed, parse_continuous, parse_discrete
+from sb3_vlm.advisors.base import Advisor, NotAsked
+from sb3_vlm.advisors.deadline import DeadlineExceeded, request_deadline
+from sb3_vlm.advisors.parsing import MAX_ANSWER_CHARS, Parsed, parse_continuous, parse_discrete
 from sb3_vlm.advisors.prompts import PromptTemplate
 
 logger = logging.getLogger(__name__)
@@ -68,11 +72,45 @@ class Call:
 
 @dataclass
 class RetryDecision:
-    """How a backend classifies an exception: a counter name, whether to retry, the server's Retry-After (s)."""
+    """How a backend classifies an exception: its kind in ``http_errors`` (``"timeout"``, ``"connection"``,
+    ``"HTTP <status>"``), whether to retry, the server's Retry-After (s)."""
 
     name: str
     retry: bool
     retry_after: float | None = None
+
+
+def retry_after_seconds(exc: Exception) -> float | None:
+    """
+    The ``Retry-After`` header of the response ``exc`` carries, in seconds: a number, or an HTTP date (the wait until
+    then); None when there is none or it is unreadable. Not clamped: :meth:`PromptedAdvisor._backoff` does that, so a
+    negative, NaN or huge value never reaches ``time.sleep``.
+    """
+    headers: Any = getattr(getattr(exc, "response", None), "headers", None)
+    value = headers.get("retry-after") if hasattr(headers, "get") else None
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when.timestamp() - time.time()
+
+
+def _redactor(key: str | None) -> re.Pattern[str] | None:
+    """A pattern of what looks like ``key`` in a text: the key itself and, for a long key, any token that starts
+    like it (a server may echo it cut short or with more after it). None for no key, or a placeholder too short to
+    be a secret (local servers take any key, e.g. ``"none"``)."""
+    if not key or len(key) < 8:
+        return None
+    alternatives = [re.escape(key)]
+    if len(key) >= 16:  # the key's first 8 characters, then more key-like characters
+        alternatives.append(re.escape(key[:8]) + r"[\w\-.~+/=]*")
+    return re.compile("|".join(alternatives))
 
 
 def probs_from_top_logprobs(top_logprobs: Sequence[tuple[str, float]], labels: Sequence[str]) -> np.ndarray | None:
@@ -102,8 +140,9 @@ class PromptedAdvisor(Advisor):
       ``"auto"`` (log-probs, and written for the rest of the run once the backend turns out to give none; found out
       once per advisor identity and process, by the first request, while the other requests wait for it).
 
-    Failures are counted in ``http_errors`` / ``parse_failures`` / ``stats`` and become invalid advice; nothing raises
-    into training.
+    Failures are counted (``http_errors`` per failed attempt, ``stats.errors`` per failed request, ``parse_failures``
+    per unusable answer) and become invalid advice; nothing raises into training. Texts that reach a log, an
+    answer's ``raw`` text or the cache are redacted of the API key (:meth:`redact`).
 
     :param prompt: the prompt template
     :param distribution: see above
@@ -124,7 +163,17 @@ class PromptedAdvisor(Advisor):
         at once (counted in ``budget_skips``, logged once). None: no budget
     :param rate_limit: at most this many backend calls per second (retries included), across all threads; callers
         wait for their turn. None: no limit
+    :param timeout: seconds each backend call may take in all, from connecting to the end of the answer (a slow
+        answer is cut there, however steadily it trickles in, and counted and retried as a timeout); None: no
+        deadline (the API advisors default to 30 s)
+    :param max_answer_chars: longer answers are refused unread (invalid advice, counted in ``oversized`` and
+        ``parse_failures``); None: no limit. :attr:`raw_chars` bounds what an answer keeps of its text
+
+    Every counter is explained in :data:`~sb3_vlm.advisors.base.COUNTERS`.
     """
+
+    #: characters of an answer's text kept in :attr:`Advice.raw <sb3_vlm.advice.Advice.raw>` (and so in the cache)
+    raw_chars: int = 4_096
 
     def __init__(
         self,
@@ -141,6 +190,8 @@ class PromptedAdvisor(Advisor):
         breaker_cooldown: float = 60.0,
         max_queries: int | None = None,
         rate_limit: float | None = None,
+        timeout: float | None = None,
+        max_answer_chars: int | None = MAX_ANSWER_CHARS,
     ):
         super().__init__()
         if distribution not in ("auto", "logprobs", "samples", "written"):
@@ -170,12 +221,18 @@ class PromptedAdvisor(Advisor):
         self.budget_skips = 0
         self._sent = 0  # requests admitted against the budget
         self._next_call = 0.0  # monotonic time of the next call the rate limit allows
+        if (timeout is not None and timeout <= 0) or (max_answer_chars is not None and max_answer_chars < 1):
+            raise ValueError("timeout must be > 0 and max_answer_chars >= 1 (or None)")
+        self.timeout, self.max_answer_chars = timeout, max_answer_chars
+        self.oversized = 0
+        self._redact_pattern: re.Pattern[str] | None = None
 
     # ------------------------------------------------------------------ backend interface
 
     @abstractmethod
     def _generate(self, request: AdviceRequest, call: Call) -> Generation:
-        """One backend call (no retries: :meth:`_with_retries` wraps it)."""
+        """One backend call (no retries: :meth:`_with_retries` wraps it); the request itself goes inside
+        :meth:`_request_deadline`."""
 
     @abstractmethod
     def _classify(self, exc: Exception) -> RetryDecision | None:
@@ -190,27 +247,56 @@ class PromptedAdvisor(Advisor):
 
     # ------------------------------------------------------------------ machinery
 
+    def _set_secret(self, key: str | None) -> None:
+        """Remember what the API key looks like, so that :meth:`redact` can take it out of texts (never the key's
+        own attribute: only a compiled pattern, which no repr, identity or log shows)."""
+        self._redact_pattern = _redactor(key)
+
+    def redact(self, text: str) -> str:
+        """``text`` with anything that looks like the configured API key replaced by ``[redacted]`` (a server that
+        echoes the key in an error body must not put it into logs, exceptions' texts or advice)."""
+        pattern = self.__dict__.get("_redact_pattern")
+        return text if pattern is None else pattern.sub("[redacted]", text)
+
+    def _raw(self, text: str) -> str:
+        """What an answer keeps of its text: at most :attr:`raw_chars` characters, redacted."""
+        # redacted with a margin before the cut, so that no key cut in two survives in part
+        head = self.redact(text[: self.raw_chars + 256])
+        if len(text) <= self.raw_chars:
+            return head
+        return f"{head[: self.raw_chars]}… [{len(text) - self.raw_chars:,} more characters]"
+
+    def _request_deadline(self) -> contextlib.AbstractContextManager[None]:
+        """Around one HTTP request (not the wait for a slot or a retry): ``timeout`` for all of it, and
+        :class:`~sb3_vlm.advisors.deadline.DeadlineExceeded` (a timeout) when it ends later."""
+        return request_deadline(self.timeout)
+
     def _count(self, key: str) -> None:
         with self._lock:
             self.http_errors[key] = self.http_errors.get(key, 0) + 1
+
+    def _backoff(self, decision: RetryDecision, attempt: int) -> float:
+        """Seconds to wait before retry ``attempt + 1``: the server's Retry-After, else exponential with jitter, in
+        [0, max_backoff] either way (a negative or NaN Retry-After falls back to the exponential wait)."""
+        wait = decision.retry_after
+        if wait is None or math.isnan(wait) or wait < 0:
+            wait = 0.5 * 2**attempt * (1 + random.random() * 0.25)
+        return min(wait, self.max_backoff)
 
     def _with_retries(self, call: Callable[[], T]) -> T:
         for attempt in range(self.max_retries + 1):
             try:
                 return call()
             except Exception as exc:
-                decision = self._classify(exc)
+                decision = RetryDecision("timeout", True) if isinstance(exc, DeadlineExceeded) else self._classify(exc)
                 if decision is None:
                     raise
                 self._count(decision.name)
                 if not decision.retry or attempt == self.max_retries:
                     raise
-                wait = decision.retry_after
-                if wait is None:
-                    wait = 0.5 * 2**attempt * (1 + random.random() * 0.25)
                 with self._lock:
                     self.retries += 1
-                time.sleep(min(wait, self.max_backoff))
+                time.sleep(self._backoff(decision, attempt))
         raise AssertionError("unreachable")
 
     def _throttle(self) -> None:
@@ -262,37 +348,51 @@ class PromptedAdvisor(Advisor):
         if first and not supported:
             logger.warning("%s returns no log-probabilities; using written probabilities instead", self.identity)
 
-    def _failed(self, why: str, raw: str) -> Advice:
+    def _failed(self, why: str, text: str) -> Advice:
+        raw = self._raw(text)
         with self._lock:
             self.parse_failures += 1
         logger.debug("%s: %s (answer: %r)", self.identity, why, raw[:200])
         return Advice.invalid(source=self.identity, raw=raw, refused=True)
 
-    def _from_parsed(self, parsed: Parsed, raw: str) -> Advice:
+    def _oversized(self, text: str) -> bool:
+        """Whether the parsers refuse ``text`` unread for its length (counted in ``oversized``)."""
+        if self.max_answer_chars is None or len(text) <= self.max_answer_chars:
+            return False
+        with self._lock:
+            self.oversized += 1
+        return True
+
+    def _from_parsed(self, parsed: Parsed, text: str) -> Advice:
         if not parsed.ok:
-            return self._failed(parsed.error, raw)
-        return Advice(action=parsed.action, probs=parsed.probs, source=self.identity, raw=raw)
+            self._oversized(text)
+            return self._failed(parsed.error, text)
+        return Advice(action=parsed.action, probs=parsed.probs, source=self.identity, raw=self._raw(text))
 
     def parse(self, text: str, space: spaces.Space | None) -> Advice:
         """Parse one written answer for ``space`` (what ``sb3-vlm advise`` shows)."""
+        limit = self.max_answer_chars
         if isinstance(space, spaces.Discrete):
-            return self._from_parsed(parse_discrete(text, self.prompt.labels), text)
+            return self._from_parsed(parse_discrete(text, self.prompt.labels, max_chars=limit), text)
         if isinstance(space, spaces.Box):
-            return self._from_parsed(parse_continuous(text, space, self.prompt.action_names or None), text)
+            names = self.prompt.action_names or None
+            return self._from_parsed(parse_continuous(text, space, names, max_chars=limit), text)
         raise ValueError("A prompted advisor needs a Discrete or Box AdviceRequest.action_space")
 
     def _from_samples(self, texts: list[str]) -> Advice:
         counts = np.zeros(len(self.prompt.labels), dtype=np.float64)
         for text in texts:
-            parsed = parse_discrete(text, self.prompt.labels)
+            parsed = parse_discrete(text, self.prompt.labels, max_chars=self.max_answer_chars)
             if parsed.probs is not None:
                 counts += parsed.probs
             elif parsed.action is not None:
                 counts[int(parsed.action[0])] += 1
-        raw = "\n---\n".join(texts)
+            else:
+                self._oversized(text)
+        raw = "\n---\n".join(text[: self.raw_chars] for text in texts)
         if counts.sum() == 0:
             return self._failed("no sample named an action", raw)
-        return Advice(probs=(counts / counts.sum()).astype(np.float32), source=self.identity, raw=raw)
+        return Advice(probs=(counts / counts.sum()).astype(np.float32), source=self.identity, raw=self._raw(raw))
 
     def schema(self, space: spaces.Space | None) -> dict[str, Any]:
         """JSON schema of the answer (structured output)."""
@@ -354,7 +454,7 @@ class PromptedAdvisor(Advisor):
             probs = probs_from_top_logprobs(gen.top_logprobs, self.prompt.labels)
             if probs is None:
                 return self._failed("no action label among the top log-probabilities", raw)
-            return Advice(probs=probs, source=self.identity, raw=raw)
+            return Advice(probs=probs, source=self.identity, raw=self._raw(raw))
         if self.distribution == "logprobs":
             return self._failed("the backend returned no log-probabilities", raw)
         self._learn_logprobs_support(False)
@@ -381,14 +481,14 @@ class PromptedAdvisor(Advisor):
         if self.circuit_open:
             with self._lock:
                 self.circuit_skips += 1
-            return Advice.invalid(source=self.identity, raw="circuit open: the backend keeps failing")
+            return NotAsked.invalid(source=self.identity, raw="circuit open: the backend keeps failing")
         if not self._admit():
-            return Advice.invalid(source=self.identity, raw="query budget spent")
+            return NotAsked.invalid(source=self.identity, raw="query budget spent")
         try:
             advice = self.answer(request)
         except Exception as exc:  # one failed request must not fail its whole batch
-            self._count("failed")
-            logger.warning("%s: request failed after retries: %r", self.identity, exc)
+            raw = self._raw(repr(exc))  # an error body may echo the key, and be megabytes long
+            logger.warning("%s: request failed after retries: %s", self.identity, raw)
             with self._lock:
                 self.stats.errors += 1
                 self._failures_in_a_row += 1
@@ -400,7 +500,7 @@ class PromptedAdvisor(Advisor):
                         self._failures_in_a_row,
                         self.breaker_cooldown,
                     )
-            return Advice.invalid(source=self.identity, raw=repr(exc))
+            return Advice.invalid(source=self.identity, raw=raw)
         with self._lock:
             self._failures_in_a_row = 0  # the backend answered (even if the answer did not parse)
         return advice

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
 
 from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest, PendingAdvice
-from sb3_vlm.advisors.background import BackgroundAdvisor, prefers_background
-from sb3_vlm.advisors.base import Advisor, AdvisorStats
+from sb3_vlm.advisors.background import (
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_MAX_WAIT,
+    BackgroundAdvisor,
+    QueuedAdvice,
+    prefers_background,
+)
+from sb3_vlm.advisors.base import Advisor, AdvisorStats, counter_details, restore_counters
 from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
 
 TeacherView = Callable[[gym.Env, Any], AdviceRequest]
@@ -50,23 +56,37 @@ def resolve_advisor(advisor: Advisor, query_every: int, cache: AdviceCache | str
     return advisor if cache is None else CachedAdvisor(advisor, cache)
 
 
-def background_for(advisor: Advisor, resolved: Advisor, non_blocking: bool | None) -> BackgroundAdvisor | None:
+def background_for(
+    advisor: Advisor, resolved: Advisor, non_blocking: bool | None, **bounds: Any
+) -> BackgroundAdvisor | None:
     """The wrappers' background queue: ``non_blocking=None`` asks VLM backends in the background and scripted
-    advisors inline (:func:`~sb3_vlm.advisors.background.prefers_background`)."""
+    advisors inline (:func:`~sb3_vlm.advisors.background.prefers_background`); ``bounds``: its ``max_queued``,
+    ``max_queued_bytes`` and ``max_wait``."""
     if non_blocking is None:
         non_blocking = prefers_background(advisor)
-    return BackgroundAdvisor(resolved) if non_blocking else None
+    return BackgroundAdvisor(resolved, **bounds) if non_blocking else None
 
 
 def advice_counters_with(advisor: Advisor, background: BackgroundAdvisor | None) -> tuple[str, dict[str, float]]:
-    """A wrapper's counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`, with its background queue's."""
+    """A wrapper's counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback` (and checkpoints), with its
+    background queue's and the details a resumed run needs (:func:`~sb3_vlm.advisors.base.counter_details`)."""
     from sb3_vlm.callbacks import advice_counters
 
     key, counters = advice_counters(advisor)
+    counters.update(counter_details(advisor))
     if background is not None:
         counters.update(background.counters())
         key += f":{id(background)}"
     return key, counters
+
+
+def restore_counters_with(
+    advisor: Advisor, background: BackgroundAdvisor | None, counters: Mapping[str, float]
+) -> None:
+    """Go on counting from ``counters`` (what :func:`advice_counters_with` gave, saved in a checkpoint)."""
+    restore_counters(advisor, counters)
+    if background is not None:
+        background.restore_counters(counters)
 
 
 class VLMAdviceWrapper(gym.Wrapper):
@@ -99,6 +119,12 @@ class VLMAdviceWrapper(gym.Wrapper):
     :param info_key: the info key (default ``"vlm_advice"``)
     :param non_blocking: ask in the background (see above); None (default): yes for VLM backends (API or local
         model), no for scripted advisors, which answer in microseconds and then keep runs exactly reproducible
+    :param max_queued: non-blocking advice: requests queued at most; more get invalid advice at once (counted in
+        ``advisor/overflow``)
+    :param max_queued_bytes: non-blocking advice: bytes the queued requests (mostly their images) hold at most; more
+        get invalid advice at once (``advisor/overflow``); None: no bound
+    :param max_wait: non-blocking advice: seconds ``current_advice``, and a step sent from a ``SubprocVecEnv``
+        worker, wait for a pending answer at most; then invalid advice (counted in the queue's ``late``)
     """
 
     def __init__(
@@ -110,13 +136,19 @@ class VLMAdviceWrapper(gym.Wrapper):
         cache: AdviceCache | str | os.PathLike[str] | None = None,
         info_key: str = ADVICE_INFO_KEY,
         non_blocking: bool | None = None,
+        max_queued: int = 100_000,
+        max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
+        max_wait: float = DEFAULT_MAX_WAIT,
     ):
         # Not a RecordConstructorArgs wrapper on purpose: Gymnasium deep-copies recorded arguments whenever `env.spec`
         # is read, and an advisor may hold a multi-GB model or an API client. So the env spec cannot re-create it.
         super().__init__(env)
         self.advisor: Advisor = resolve_advisor(advisor, query_every, cache)
         self.base_advisor = advisor
-        self.background = background_for(advisor, self.advisor, non_blocking)
+        self.background = background_for(
+            advisor, self.advisor, non_blocking, max_queued=max_queued, max_queued_bytes=max_queued_bytes,
+            max_wait=max_wait,
+        )  # fmt: skip
         self.query_every = int(query_every)
         self.teacher_view = teacher_view or default_teacher_view
         self.info_key = info_key
@@ -128,9 +160,16 @@ class VLMAdviceWrapper(gym.Wrapper):
     @property
     def current_advice(self) -> Advice | None:
         """Advice for the observation the agent is about to act on (e.g. to execute the VLM's action, VBE); waits for
-        a pending answer, since the caller is about to act on it."""
-        if isinstance(self._current, PendingAdvice):
-            self._current = self._current.result()
+        a pending answer, since the caller is about to act on it, but at most ``max_wait`` seconds: then invalid
+        advice, while the step's info keeps the pending answer (the buffers fill its row in if it comes)."""
+        current = self._current
+        if isinstance(current, QueuedAdvice):
+            answer = current.wait()
+            if current.done():
+                self._current = answer
+            return answer
+        if isinstance(current, PendingAdvice):  # not ours (a subclass overrode _advice_for): unbounded, as asked
+            self._current = current.result()
         return self._current
 
     @property
@@ -144,6 +183,10 @@ class VLMAdviceWrapper(gym.Wrapper):
     def advice_counters(self) -> tuple[str, dict[str, float]]:
         """This wrapper's advisor counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`."""
         return advice_counters_with(self.advisor, self.background)
+
+    def restore_advice_counters(self, counters: Mapping[str, float]) -> None:
+        """Go on counting from ``counters`` (what :meth:`advice_counters` gave, saved in a checkpoint)."""
+        restore_counters_with(self.advisor, self.background, counters)
 
     def _advice_for(self, obs: Any) -> Advice:
         self._current_request = None

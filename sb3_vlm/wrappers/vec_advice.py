@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -11,9 +13,10 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest
+from sb3_vlm.advisors.background import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WAIT
 from sb3_vlm.advisors.base import Advisor, AdvisorStats
 from sb3_vlm.advisors.cache import AdviceCache
-from sb3_vlm.wrappers.advice import advice_counters_with, background_for, resolve_advisor
+from sb3_vlm.wrappers.advice import advice_counters_with, background_for, resolve_advisor, restore_counters_with
 
 VecTeacherView = Callable[[VecEnv, int, Any], AdviceRequest]
 
@@ -50,6 +53,10 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
     :param non_blocking: ask in the background, as :class:`~sb3_vlm.wrappers.VLMAdviceWrapper` does (None: yes
         for VLM backends, no for scripted advisors); here the queue lives in the main process, so it works around a
         ``SubprocVecEnv`` and identical views in flight from different envs are sent once (with a cache)
+    :param max_queued: non-blocking advice: requests queued at most (more: invalid advice, ``advisor/overflow``)
+    :param max_queued_bytes: non-blocking advice: bytes the queued requests hold at most (more: invalid advice,
+        ``advisor/overflow``); None: no bound
+    :param max_wait: non-blocking advice: seconds anything that must wait for a pending answer waits at most
     """
 
     def __init__(
@@ -61,10 +68,16 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         cache: AdviceCache | str | os.PathLike[str] | None = None,
         info_key: str = ADVICE_INFO_KEY,
         non_blocking: bool | None = None,
+        max_queued: int = 100_000,
+        max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
+        max_wait: float = DEFAULT_MAX_WAIT,
     ):
         super().__init__(venv)
         self.advisor: Advisor = resolve_advisor(advisor, query_every, cache)
-        self.background = background_for(advisor, self.advisor, non_blocking)
+        self.background = background_for(
+            advisor, self.advisor, non_blocking, max_queued=max_queued, max_queued_bytes=max_queued_bytes,
+            max_wait=max_wait,
+        )  # fmt: skip
         self.query_every = int(query_every)
         self.teacher_view = teacher_view or default_vec_teacher_view
         self.info_key = info_key
@@ -81,6 +94,10 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
     def advice_counters(self) -> tuple[str, dict[str, float]]:
         """This wrapper's advisor counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`."""
         return advice_counters_with(self.advisor, self.background)
+
+    def restore_advice_counters(self, counters: Mapping[str, float]) -> None:
+        """Go on counting from ``counters`` (what :meth:`advice_counters` gave, saved in a checkpoint)."""
+        restore_counters_with(self.advisor, self.background, counters)
 
     def _refresh(self, obs: VecEnvObs, indices: list[int]) -> None:
         """New advice for the envs in ``indices`` (those due a query), one advise() call."""
@@ -126,3 +143,34 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         if self.background is not None:
             self.background.close()
         super().close()
+
+
+def restore_advice_counters(env: VecEnv, saved: Mapping[str, Mapping[str, float]]) -> int:
+    """
+    Give the advice wrappers of ``env`` the counters a checkpoint saved (``state.json``'s ``advisor_counters``, from
+    :func:`~sb3_vlm.callbacks.collect_advice_counters`), so that a resumed run goes on counting. Their keys name
+    objects of the saving process, so counter sets are matched in the order ``collect_advice_counters`` lists them
+    (VecEnv-level wrappers outermost first, then each env's, an advisor shared by several envs once): the same
+    env, built the same way, matches. Returns how many sets were restored; with a different number of advice
+    wrappers it warns and restores none.
+    """
+    restorers: dict[str, Callable[[Mapping[str, float]], Any]] = {}
+    current: Any = env
+    while isinstance(current, VecEnvWrapper):
+        if callable(getattr(current, "advice_counters", None)):
+            restorers.setdefault(current.advice_counters()[0], current.restore_advice_counters)
+        current = current.venv
+    try:
+        per_env = env.env_method("advice_counters")
+    except AttributeError:  # no env-level advice wrapper
+        per_env = []
+    for index, (key, _) in enumerate(per_env):
+        restorers.setdefault(key, functools.partial(env.env_method, "restore_advice_counters", indices=[index]))
+    if len(restorers) != len(saved):
+        if saved:
+            warnings.warn(f"The checkpoint saved {len(saved)} advisor counter sets and the env has {len(restorers)} "
+                          "advice wrappers: advisor counters start from zero", stacklevel=2)  # fmt: skip
+        return 0
+    for restore, counters in zip(restorers.values(), saved.values(), strict=True):
+        restore(counters)
+    return len(saved)
