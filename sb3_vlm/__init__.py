@@ -1,7 +1,12 @@
 """sb3-vlm: train small Stable-Baselines3 policies with advice from vision-language models."""
 
 import importlib
+import os
 from typing import Any
+
+# pygame/SDL installs its own SIGTERM handler when anything renders (a wrapper's env.render() fallback on a user's
+# env too), and a run then ignores SIGTERM for minutes; a value the user set is kept (see sb3_vlm.envs)
+os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
 
 from sb3_vlm._compat import MIN_SB3_VERSION as MIN_SB3_VERSION  # first: fails early on an SB3 that is too old
 from sb3_vlm.a2c import GuidedA2C

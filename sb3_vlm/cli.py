@@ -82,7 +82,7 @@ def _advise(args: argparse.Namespace) -> int:
 
     from sb3_vlm.advisors.factory import advisor_from_spec
     from sb3_vlm.advisors.prompts import BUILTIN_PROMPTS
-    from sb3_vlm.experiments.runs import make_env_bundle
+    from sb3_vlm.experiments.runs import advisor_kwargs, make_env_bundle
 
     console = Console()
     try:
@@ -96,10 +96,12 @@ def _advise(args: argparse.Namespace) -> int:
         return 2
     if args.prompt is not None:
         prompt = BUILTIN_PROMPTS[args.prompt]
-    kwargs: dict[str, Any] = {}
-    if args.base_url:
-        kwargs["base_url"] = args.base_url
-    advisor = advisor_from_spec(args.advisor, prompt, oracle=oracle, **kwargs)
+    try:
+        kwargs = advisor_kwargs(args.advisor, args.base_url, args.api_key_env)
+        advisor = advisor_from_spec(args.advisor, prompt, oracle=oracle, **kwargs)
+    except (ValueError, ImportError) as exc:  # unknown spec, missing key or extra: one line, as `train` says it
+        print(f"sb3-vlm advise: {exc}", file=sys.stderr)
+        return 2
     env.reset(seed=args.seed)
     for _ in range(args.steps):
         env.step(env.action_space.sample())
@@ -147,32 +149,107 @@ def _parse_hyperparams(items: list[str]) -> dict[str, Any]:
     return out
 
 
+#: `train` options that define a run: with --resume they come from the run's run.json
+_RUN_OPTIONS = (
+    "env",
+    "algo",
+    "advisor",
+    "out",
+    "n_envs",
+    "query_every",
+    "cache",
+    "seed",
+    "hyperparams",
+    "env_kwargs",
+    "tensorboard",
+    "base_url",
+    "api_key_env",
+    "advice_wait",
+    "checkpoint_every",
+)
+
+
+def _seconds_or_auto(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"seconds >= 0 or 'auto', got {text!r}")
+    return value
+
+
 def _train(args: argparse.Namespace) -> int:
+    import signal
+
     import torch as th
 
-    from sb3_vlm.experiments.runs import train
+    from sb3_vlm.experiments.runs import RunInterrupted, RunSetupError, resume_run, train
 
+    parser: argparse.ArgumentParser = args.parser
     th.set_num_threads(args.threads)
-    run = train(
-        args.env,
-        algo=args.algo,
-        advisor=args.advisor,
-        steps=args.steps,
-        out=args.out,
-        n_envs=args.n_envs,
-        query_every=args.query_every,
-        cache=args.cache,
-        seed=args.seed,
-        hyperparams=_parse_hyperparams(args.hyperparams),
-        env_kwargs=_parse_hyperparams(args.env_kwargs),
-        tensorboard=args.tensorboard,
-        progress_bar=not args.no_progress,
-        verbose=args.verbose,
-    )
+    try:
+        if args.resume is not None:
+            given = [f"--{k.replace('_', '-')}" for k in _RUN_OPTIONS if getattr(args, k) != parser.get_default(k)]
+            if given:
+                raise RunSetupError(
+                    f"--resume takes the run's own arguments from its run.json; only --steps (a new total), "
+                    f"--threads, --no-progress and --verbose may be given, not {', '.join(given)}"
+                )
+            run = resume_run(args.resume, steps=args.steps, progress_bar=not args.no_progress, verbose=args.verbose)
+        else:
+            if args.env is None:
+                raise RunSetupError("give an env (see `sb3-vlm envs`), or --resume RUN_DIR")
+            run = train(
+                args.env,
+                algo=args.algo,
+                advisor=args.advisor,
+                steps=args.steps,
+                out=args.out,
+                n_envs=args.n_envs,
+                query_every=args.query_every,
+                cache=args.cache,
+                seed=args.seed,
+                hyperparams=_parse_hyperparams(args.hyperparams),
+                env_kwargs=_parse_hyperparams(args.env_kwargs),
+                tensorboard=args.tensorboard,
+                progress_bar=not args.no_progress,
+                verbose=args.verbose,
+                base_url=args.base_url,
+                api_key_env=args.api_key_env,
+                advice_wait=args.advice_wait,
+                checkpoint_every=args.checkpoint_every,
+            )
+    except RunSetupError as exc:  # before anything was written: one line, no traceback (issue 16)
+        print(f"sb3-vlm train: {exc}", file=sys.stderr)
+        return 2
+    except RunInterrupted as exc:
+        kept = f"the last checkpoint, {exc.checkpoint}, is kept" if exc.checkpoint else "no checkpoint was saved"
+        print(f"sb3-vlm train: stopped at once; {kept}", file=sys.stderr)
+        return 128 + signal.SIGINT
+    out = Path(args.resume or args.out)
     counters = run["advisor_counters"]
     advice = f", advisor queries {counters['advisor/queries']:.0f}" if counters else ""
-    print(f"saved {Path(args.out) / 'model.zip'} ({run['steps']:,} steps in {run['wall_s']:.0f} s{advice})")
-    print(f"evaluate: sb3-vlm eval {args.out}    compare: sb3-vlm compare {args.out} OTHER_RUN --out curves.png")
+    steps = f"{run['num_timesteps']:,} of {run['steps']:,} steps in {run['wall_s']:.0f} s{advice}"
+    if run["advice_rows_missed"]:
+        latency = run["advisor_mean_latency_s"]
+        print(
+            f"advice: {run['advice_rows_missed']:,} of {run['advice_rows']:,} rollout rows missed their answer "
+            f"(VLM latency {latency:.2f} s, last wait {run['advice_wait_s']:.1f} s): raise --advice-wait, or ask "
+            "less often (--query-every)"
+        )
+    if run["advice_pending_at_end"]:
+        print(f"advice: {run['advice_pending_at_end']:,} requests were still pending at the end (not counted)")
+    if run["status"] == "interrupted":
+        print(
+            f"stopped by {run['interrupted_by']}: saved {out / 'model.zip'} ({steps}) and "
+            f"{run['checkpoint'] or 'no checkpoint (the save failed)'}; go on with: sb3-vlm train --resume {out}"
+        )
+        return 128 + int(signal.Signals[run["interrupted_by"]])
+    print(f"saved {out / 'model.zip'} ({steps})")
+    print(f"evaluate: sb3-vlm eval {out}    compare: sb3-vlm compare {out} OTHER_RUN --out curves.png")
     return 0
 
 
@@ -247,6 +324,23 @@ def _envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_advisor_options(parser: argparse.ArgumentParser) -> None:
+    """The API advisor options `advise` and `train` share."""
+    parser.add_argument(
+        "--base-url",
+        default=None,
+        help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (default: OPENAI_BASE_URL if set, else the "
+        "provider's); recorded in run.json and the cache key",
+    )
+    parser.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="environment variable holding the API key (default: OPENAI_API_KEY / GEMINI_API_KEY); only its name "
+        "is recorded",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sb3_vlm.advisors.factory import SPEC_HELP
     from sb3_vlm.experiments.runs import ALGO_NAMES as ALGO_CHOICES
@@ -283,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     advise.add_argument("--env", default="MiniGrid-LavaGapS7-v0", help=f"{ENV_HELP} (default: %(default)s)")
     advise.add_argument("--advisor", default="oracle", help=f"{SPEC_HELP} (default: %(default)s)")
-    advise.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    _add_advisor_options(advise)
     advise.add_argument("--prompt", default=None, help="a built-in prompt name (default: the env's)")
     advise.add_argument("--seed", type=int, default=0, help="env seed (default: %(default)s)")
     advise.add_argument("--steps", type=int, default=0, help="random steps before asking (default: %(default)s)")
@@ -295,9 +389,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a guided (or plain) algorithm on an env with an advisor, save model and logs to --out",
         description="Train and save a run folder (model.zip, run.json, monitor CSVs, progress.csv, tb/). Defaults "
         "for steps, envs, policy and hyperparameters come from the shipped RL Zoo files (sb3_vlm/zoo/hyperparams). "
+        "Ctrl-C (or SIGTERM) saves a checkpoint at the end of the rollout, model.zip and run.json, and exits with "
+        "128 + the signal's number; --resume RUN_DIR goes on from there. A run that cannot start (unknown env or "
+        "advisor, missing key) says why in one line, exits with 2 and writes nothing. "
         "Example: sb3-vlm train MiniGrid-LavaGapS7-v0 --algo guided_ppo --advisor oracle --steps 50000 --out runs/g",
     )
-    train.add_argument("env", help=ENV_HELP)
+    train.add_argument("env", nargs="?", default=None, help=f"{ENV_HELP} (not with --resume)")
+    train.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="go on with an interrupted run from its latest checkpoint, with the arguments in its run.json "
+        "(--steps: a new total)",
+    )
     train.add_argument("--algo", default="guided_ppo", choices=ALGO_CHOICES, help="(default: %(default)s)")
     train.add_argument("--advisor", default=None, help=f"{SPEC_HELP} (default: the env's default, usually oracle)")
     train.add_argument("--steps", type=int, default=None, help="env steps (default: the shipped file's, else 100k)")
@@ -305,6 +409,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the shipped file's, else 1)")
     train.add_argument("--query-every", type=int, default=None, help="ask the advisor every k steps")
     train.add_argument("--cache", default=None, help="advice cache file (SQLite), reused across runs")
+    _add_advisor_options(train)
+    train.add_argument(
+        "--advice-wait",
+        type=_seconds_or_auto,
+        default="auto",
+        metavar="SECONDS|auto",
+        help="guided_ppo / guided_a2c with a VLM advisor: the most seconds a rollout waits for answers still pending "
+        "(auto: picked from the measured latency before each rollout, at most 30 s; 0: never wait) "
+        "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also save a resumable checkpoint every this many env steps in RUN/checkpoints (default: only at "
+        "Ctrl-C / SIGTERM)",
+    )
     train.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     train.add_argument(
         "--hyperparams", nargs="*", default=[], metavar="KEY=VALUE", help="algorithm arguments, e.g. method=varl"
@@ -320,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--verbose", type=int, default=0, help="SB3 verbosity (default: %(default)s)")
-    train.set_defaults(func=_train)
+    train.set_defaults(func=_train, parser=train)
 
     evaluate = sub.add_parser(
         "eval",
@@ -382,7 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:  # Ctrl-C outside training (which saves and returns): one line, no traceback
+        print(f"sb3-vlm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -4,8 +4,16 @@ envs commands as a new user runs them."""
 from __future__ import annotations
 
 import json
+import math
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import gymnasium as gym
@@ -19,11 +27,15 @@ from sb3_vlm import CallableAdvisor, GuidedPPO, GuidedSAC, VLMAdviceWrapper
 from sb3_vlm.advice import Advice
 from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
 from sb3_vlm.callbacks import ADVISOR_KEYS, AdviceMetricsCallback, advisor_counters
+from sb3_vlm.checkpoint import latest_checkpoint, load_checkpoint
 from sb3_vlm.cli import main
-from sb3_vlm.envs.pendulum import make_pendulum_env
+from sb3_vlm.envs.pendulum import PendulumSwingUpOracle, make_pendulum_env
 from sb3_vlm.experiments.runs import default_label, group_runs, monitor_curve, run_algo, run_curve
+from sb3_vlm.testing.loopback import LoopbackServer, Reply, chat_completion
 from sb3_vlm.wrappers import VecVLMAdviceWrapper
 from tests.helpers import ColourEnv
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Tokens(CallableAdvisor):
@@ -264,3 +276,188 @@ def test_long_advisor_batches_get_a_progress_bar() -> None:
     assert advisor._progress(items, 3, n_requests=2) is items  # short batches stay quiet
     advisor.progress_threshold = None
     assert advisor._progress(items, 3, n_requests=1000) is items
+
+
+# ------------------------------------------------------------------------------------ `sb3-vlm train` with a real VLM
+#: a small guided_ppo run: 2 rollouts of 32 steps, each step's view asked about
+TINY = ["MiniGrid-Empty-5x5-v0", "--steps", "64", "--n-envs", "1", "--no-progress"]
+TINY_PPO = ["--hyperparams", "n_steps=32", "batch_size=32", "n_epochs=1"]
+#: first-token log-probabilities: one HTTP request per query (no written-probability fallback), 11 tokens each
+TOP = [("forward", math.log(0.6)), ("left", math.log(0.2)), ("right", math.log(0.2))]
+
+
+@contextmanager
+def _vlm(delay: float = 0.0) -> Iterator[LoopbackServer]:
+    """A loopback OpenAI-compatible VLM that answers "forward" after ``delay`` seconds."""
+    with LoopbackServer([Reply(body=chat_completion("forward", top_logprobs=TOP), delay=delay)]) as server:
+        yield server
+
+
+def _no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "MY_VLM_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_train_records_the_real_endpoint_and_never_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16, item 8: `train` had no --base-url; with OPENAI_BASE_URL the run trained on that server, but run.json
+    and the cache identity said api.openai.com."""
+    _no_openai_env(monkeypatch)
+    with _vlm() as server:
+        url = f"{server.url}/v1"
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-from-env")
+        cache = tmp_path / "advice.sqlite"
+        out = tmp_path / "from_env"
+        assert (
+            main(
+                ["train", *TINY, "--advisor", "openai:test-model", "--cache", str(cache), "--out", str(out), *TINY_PPO]
+            )
+            == 0
+        )
+        run = json.loads((out / "run.json").read_text())
+        assert run["advisor_endpoint"] == url and run["advisor"].startswith(f"openai:{url}:test-model")
+        assert run["api_key_env"] == "OPENAI_API_KEY" and run["cache"] == str(cache)
+        sources = AdviceCache(cache, read_only=True).summary()["by_source"]
+        assert sources and all(source.startswith(f"openai:{url}:") for source in sources)  # the cache identity
+
+        # --base-url and --api-key-env: another variable holds the key, the server sees it, no file holds it
+        monkeypatch.delenv("OPENAI_BASE_URL")
+        monkeypatch.delenv("OPENAI_API_KEY")
+        monkeypatch.setenv("MY_VLM_KEY", "sk-secret-other")
+        out = tmp_path / "from_flags"
+        flags = ["--base-url", url, "--api-key-env", "MY_VLM_KEY", "--advice-wait", "5", "--checkpoint-every", "32"]
+        assert main(["train", *TINY, "--advisor", "openai:test-model", *flags, "--out", str(out), *TINY_PPO]) == 0
+        assert server.headers[-1]["authorization"] == "Bearer sk-secret-other"
+    run = json.loads((out / "run.json").read_text())
+    assert run["advisor_endpoint"] == url and run["api_key_env"] == "MY_VLM_KEY" and url in run["advisor"]
+    assert run["advice_wait"] == 5.0 == run["advice_wait_s"] and run["checkpoint_every"] == 32
+    assert json.loads((latest_checkpoint(out / "checkpoints") / "state.json").read_text())["num_timesteps"] == 64
+    for path in [*tmp_path.rglob("*")]:
+        if path.is_file():
+            text = path.read_bytes()
+            assert b"sk-secret" not in text and b"api.openai.com" not in text, path
+
+
+def test_train_waits_for_a_slow_vlm_by_its_latency_and_flushes_before_counting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16, item 11: with advice_wait=0 a slow VLM left most rows of a rollout unadvised, and run.json's counters
+    were read while requests were still pending."""
+    _no_openai_env(monkeypatch)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with _vlm(delay=0.2) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{server.url}/v1")
+        out = tmp_path / "auto"
+        assert main(["train", *TINY, "--advisor", "openai:test-model", "--out", str(out), *TINY_PPO]) == 0
+        asked = len(server.requests)
+    run = json.loads((out / "run.json").read_text())
+    counters = run["advisor_counters"]
+    # every request the server answered is counted: nothing was pending when the counters were read
+    assert counters["advisor/queries"] == asked == 64 + 1 and counters["advisor/tokens"] == 11 * asked
+    assert counters["advisor/pending"] == 0 == run["advice_pending_at_end"]
+    # the wait was picked from the measured latency (~0.2 s a request, 8 in flight): every row got its advice
+    assert run["advice_wait"] == "auto" and run["advice_rows"] == 64 and run["advice_rows_missed"] == 0
+    assert run["advisor_mean_latency_s"] >= 0.2 and 0.2 < run["advice_wait_s"] < 30
+
+    with _vlm(delay=0.2) as server:  # no waiting: the rows miss their answers, and one line says what to set
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{server.url}/v1")
+        out = tmp_path / "no_wait"
+        capsys.readouterr()
+        with pytest.warns(UserWarning, match="got no advice"):
+            code = main(
+                ["train", *TINY, "--advisor", "openai:test-model", "--advice-wait", "0", "--out", str(out), *TINY_PPO]
+            )
+        assert code == 0
+        asked = len(server.requests)
+    run = json.loads((out / "run.json").read_text())
+    assert run["advice_rows_missed"] > 32 and run["advisor_counters"]["advisor/queries"] == asked == 65
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("advice:")]
+    assert len(lines) == 1 and "rollout rows missed their answer" in lines[0] and "--advice-wait" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["MiniGrid-Empty-5x5-v0", "--advisor", "openai:gpt-4o-mini"], "No API key"),
+        (["MiniGrid-Empty-5x5-v0", "--advisor", "llava:7b"], "Unknown advisor kind 'llava'"),
+        (["NoSuchEnv-v9"], "Unknown environment 'NoSuchEnv-v9'"),
+        (["CartPole-v1", "--advisor", "constant:0"], "CartPole-v1 has no teacher view"),
+        (["MiniGrid-Empty-5x5-v0", "--hyperparams", "no_such_argument=1"], "argument 'no_such_argument'"),
+    ],
+    ids=["missing key", "unknown advisor", "unknown env", "state env without a teacher view", "bad hyperparameter"],
+)
+def test_train_startup_errors_print_one_line_exit_2_and_create_nothing(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16, item 10: start-up errors arrived inside ~22-line tracebacks and left an empty run folder."""
+    _no_openai_env(monkeypatch)
+    out, cache = tmp_path / "runs" / "r", tmp_path / "advice.sqlite"
+    assert main(["train", *args, "--steps", "64", "--no-progress", "--out", str(out), "--cache", str(cache)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sb3-vlm train: ") and message in lines[0], captured.err
+    assert list(tmp_path.iterdir()) == []  # no run folder, no monitor files, no cache
+
+
+def _train_process(out: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "sb3_vlm", "train", "MiniGrid-Empty-5x5-v0", "--out", str(out), *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_during_train_saves_the_run_and_resume_goes_on(sig: signal.Signals, tmp_path: Path) -> None:
+    """Issue 16, item 9: Ctrl-C during `sb3-vlm train` printed a 43-line traceback and lost the run (no model.zip,
+    no run.json)."""
+    out = tmp_path / "run"
+    proc = _train_process(out, "--steps", "1000000", "--n-envs", "2", "--no-progress", *TINY_PPO)
+    try:
+        deadline = time.monotonic() + 120
+        monitor = out / "monitor" / "0.monitor.csv"
+        while not (monitor.exists() and len(monitor.read_text().splitlines()) > 3):  # training is under way
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "training did not start within 120 s"
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + sig, stderr[-3000:]
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr[-3000:]
+    assert f"go on with: sb3-vlm train --resume {out}" in stdout
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted" and run["interrupted_by"] == sig.name and (out / "model.zip").is_file()
+    checkpoint = latest_checkpoint(out / "checkpoints")
+    saved = json.loads((checkpoint / "state.json").read_text())["num_timesteps"]
+    assert 0 < saved <= run["num_timesteps"] < 1_000_000
+
+    total = saved + 128
+    assert main(["train", "--resume", str(out), "--steps", str(total), "--no-progress"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "done" and run["num_timesteps"] >= total and run["resumed_from"] == str(checkpoint)
+    assert [s["status"] for s in run["sessions"]] == ["interrupted", "done"] and run["sessions"][1][
+        "steps_from"
+    ] == saved
+    assert sorted(p.name for p in (out / "monitor").iterdir())[-1] == "3.monitor.csv"  # new files for the new envs
+    assert main(["train", "--resume", str(out), "--steps", "64"]) == 2  # nothing left to do: one line, exit 2
+
+
+def test_resumed_sac_run_keeps_its_replay_buffer(tmp_path: Path) -> None:
+    """Issue 16, item 9: `--resume` goes on with the checkpoint's replay buffer (and its advice), not an empty one."""
+    from sb3_vlm.sac import GuidedSAC
+
+    out = tmp_path / "sac"
+    small = ["learning_starts=50", "batch_size=16", "buffer_size=1000", "policy_kwargs={net_arch: [16]}"]
+    common = ["--algo", "guided_sac", "--no-progress", "--hyperparams", *small]
+    assert (
+        main(["train", "Pendulum-v1", "--steps", "150", "--checkpoint-every", "100", "--out", str(out), *common]) == 0
+    )
+    assert main(["train", "--resume", str(out), "--steps", "250", "--no-progress"]) == 0
+    env = VecVLMAdviceWrapper(DummyVecEnv([make_pendulum_env]), PendulumSwingUpOracle(), query_every=5)
+    model = load_checkpoint(out / "checkpoints", GuidedSAC, env)
+    assert model.num_timesteps == 250 and model.replay_buffer.pos == 250  # 150 before the resume, 100 after
+    # the oracle's advice on every 5th step of an episode (the shipped Pendulum setting): 30 in steps 0-149, 20 after
+    # the resume (a new episode from step 150)
+    assert model.replay_buffer.advice_valid[:250, 0].sum() == 30 + 20

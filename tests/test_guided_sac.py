@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -21,6 +22,7 @@ from sb3_vlm.buffers import AdvisedDictReplayBuffer, AdvisedReplayBuffer
 from sb3_vlm.envs.pendulum import PendulumSwingUpOracle, make_pendulum_env, make_pixel_env
 from sb3_vlm.policies import AdviceCritic
 from sb3_vlm.sac import GuidedSAC, RandomAlternatingExploration, VERSettings, pretrain_advice_critic
+from sb3_vlm.sac.guided_sac import transition_nbytes
 from sb3_vlm.sac.terms import AdvantageGate, MinMaxGate, RandomGate
 from tests.helpers import CounterEnv, counter_view
 
@@ -442,3 +444,47 @@ def test_vec_env_training_with_several_envs() -> None:
     model = GuidedSAC("MlpPolicy", venv, method="erpv", advice_critic="rl", **SMALL)
     model.learn(80)
     assert model.replay_buffer.advice_valid[:40].all()
+
+
+GIB = 2**30
+
+
+def _memory(monkeypatch: pytest.MonkeyPatch, available: int) -> None:
+    """Make this machine look as if ``available`` bytes were free (GuidedSAC's check and SB3's warning read it)."""
+    psutil = pytest.importorskip("psutil")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=available, total=2 * available))
+
+
+def test_image_observations_get_a_replay_buffer_that_fits_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16, item 5: ``GuidedSAC("CnnPolicy", env)`` on pixels asked for SB3's 1M-transition default buffer of
+    image stacks (34 GiB for pixel Pendulum, 59 GiB per array for CarRacing) and failed to allocate it."""
+    env = make_pixel_env("Pendulum-v1")  # (64, 64, 9) uint8 frames
+    per_transition = transition_nbytes(env.observation_space, env.action_space)
+    assert per_transition == 2 * 64 * 64 * 9 + 4 + 4 * 5  # obs and next_obs, the action, 5 float32 columns
+    _memory(monkeypatch, 4 * GIB)
+    with pytest.warns(UserWarning, match=r"buffer_size=29,\d{3} transitions .* half the 4.0 GiB"):
+        model = GuidedSAC("CnnPolicy", env, method="sac", learning_starts=10, batch_size=8)
+    buffer = model.replay_buffer
+    assert model.buffer_size == buffer.buffer_size == 2 * GIB // per_transition
+    assert buffer.observations.nbytes + buffer.next_observations.nbytes <= 2 * GIB
+    model.learn(12)  # it trains
+    _memory(monkeypatch, 64 * GIB)  # room for RAD's and ERPv's 100k; vector observations keep SB3's 1M
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert GuidedSAC("CnnPolicy", env, learning_starts=10, batch_size=8).buffer_size == 100_000
+        assert GuidedSAC("MlpPolicy", make_pendulum_env()).buffer_size == 1_000_000
+
+
+def test_a_replay_buffer_that_cannot_fit_fails_early_naming_buffer_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16, item 5: a buffer larger than the machine failed deep in NumPy with a bare allocation error."""
+    env = make_pixel_env("Pendulum-v1")
+    _memory(monkeypatch, 4 * GIB)
+    with pytest.raises(ValueError, match=r"buffer_size=1,000,000 transitions .* 68.7 GiB .* buffer_size=58,\d{3} or"):
+        GuidedSAC("CnnPolicy", env, buffer_size=1_000_000)
+    model = GuidedSAC("CnnPolicy", env, buffer_size=50_000)  # what fits is taken as given
+    assert model.replay_buffer.buffer_size == 50_000
+    # frames stored once: twice as many fit
+    assert transition_nbytes(env.observation_space, env.action_space, optimize_memory_usage=True) < 37_000
+    _memory(monkeypatch, 1_000_000)  # not even a batch of 256 frames fits
+    with pytest.raises(ValueError, match=r"No replay buffer .* not even one batch of 256.*buffer_size"):
+        GuidedSAC("CnnPolicy", env)

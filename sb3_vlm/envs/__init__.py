@@ -5,7 +5,13 @@ Optional dependencies are imported only when an env is made.
 """
 
 import importlib
+import os
 from typing import Any
+
+# pygame's SDL installs its own SIGTERM handler when it initialises (gymnasium's classic-control and Box2D envs
+# render through it, even off screen), and a run then ignores SIGTERM for minutes (issue 16). Set before any env
+# here can initialise pygame; a value the user set is kept.
+os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
 
 from sb3_vlm.envs.registry import MINIGRID_SUITE, EnvBundle, gym_id, make, make_env, names, register_envs
 

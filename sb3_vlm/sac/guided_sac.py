@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import warnings
 import zipfile
@@ -15,6 +16,7 @@ from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.preprocessing import get_obs_shape, is_image_space
 from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.sac.policies import SACPolicy
@@ -63,6 +65,53 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "sac": dict(guidance="none", guidance_coef=0.0, ver=False),
 }
 
+#: ``buffer_size=None``: SB3's default for vector observations, RAD's and ERPv's 100k transitions for images
+DEFAULT_BUFFER_SIZE, IMAGE_BUFFER_SIZE = 1_000_000, 100_000
+#: the share of the memory available when the model is built that a ``buffer_size=None`` buffer may take
+BUFFER_MEMORY_SHARE = 0.5
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (psutil's ``available``; without psutil, the free pages), or None if unknown."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        return int(psutil.virtual_memory().available)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):  # not POSIX
+        return None
+
+
+def transition_nbytes(
+    observation_space: spaces.Space, action_space: spaces.Space, optimize_memory_usage: bool = False
+) -> int:
+    """
+    Bytes one transition takes in an advised replay buffer: the observation twice (``observations`` and
+    ``next_observations``; once with ``optimize_memory_usage``), the action, reward, done and timeout columns and the
+    advised action with its validity.
+
+    :param observation_space: the env's observation space (a ``Dict``: the sum of its entries)
+    :param action_space: the env's (Box) action space
+    :param optimize_memory_usage: SB3's option that stores each observation once
+    """
+    subspaces = observation_space.spaces.values() if isinstance(observation_space, spaces.Dict) else [observation_space]
+    obs = 0
+    for sub in subspaces:
+        shape = get_obs_shape(sub)
+        assert isinstance(shape, tuple)  # Dict entries are not nested
+        obs += int(np.prod(shape)) * np.dtype(sub.dtype).itemsize
+    action_dim = int(np.prod(action_space.shape or (1,)))
+    action = action_dim * (4 if np.dtype(action_space.dtype) == np.float64 else np.dtype(action_space.dtype).itemsize)
+    # float32: reward, done, timeout, advice validity, the advised action
+    return obs * (1 if optimize_memory_usage else 2) + action + 4 * (4 + action_dim)
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB"
+
 
 class GuidedSAC(SAC):
     """
@@ -95,8 +144,17 @@ class GuidedSAC(SAC):
     ``alpha_zero_after=50_000``, M7 ``alpha_loss=False``, M8 ``next_state="predicted"``; M9 ``vpg_gate="minmax",
     advice_critic="rl"``.
 
-    All SAC arguments are those of :class:`stable_baselines3.SAC`; ``n_steps > 1`` is not supported. Extra arguments
-    (``None`` means the method's default):
+    All SAC arguments are those of :class:`stable_baselines3.SAC`, except the replay buffer's default size;
+    ``n_steps > 1`` is not supported.
+
+    :param buffer_size: transitions in the replay buffer. ``None`` (default): SB3's 1M for vector observations, 100k
+        (RAD's and ERPv's) for image observations, and fewer, with a warning, where that would take more than half
+        the memory available when the model is built (SB3's 1M default of 84×84×9 frames is a 59 GiB array, issue
+        16). A size given, or a ``None`` that cannot even hold one batch, is checked against the memory available
+        and refused at once (a ``ValueError`` naming ``buffer_size``) when it cannot fit. A loaded model keeps its
+        saved size
+
+    Extra arguments (``None`` means the method's default):
 
     :param method: ``"erpv"`` (default), ``"varl"``, ``"covr"``, ``"dpl"``, ``"apl"``, ``"rsf"`` or ``"sac"``
     :param guidance: actor guidance: ``"vpg"``, ``"gated_bc"``, ``"mse"``, ``"annealed_mse"``, ``"random_gate"``,
@@ -146,7 +204,7 @@ class GuidedSAC(SAC):
         policy: str | type[SACPolicy],
         env: GymEnv | str,
         learning_rate: float | Schedule = 3e-4,
-        buffer_size: int = 1_000_000,
+        buffer_size: int | None = None,
         learning_starts: int = 100,
         batch_size: int = 256,
         tau: float = 0.005,
@@ -250,7 +308,7 @@ class GuidedSAC(SAC):
             policy,
             env,
             learning_rate=learning_rate,
-            buffer_size=buffer_size,
+            buffer_size=DEFAULT_BUFFER_SIZE if buffer_size is None else buffer_size,  # sized below
             learning_starts=learning_starts,
             batch_size=batch_size,
             tau=tau,
@@ -277,7 +335,60 @@ class GuidedSAC(SAC):
             _init_setup_model=False,
         )
         if _init_setup_model:
+            self.buffer_size = self._fitting_buffer_size(buffer_size)
             self._setup_model()
+
+    def _fitting_buffer_size(self, requested: int | None) -> int:
+        """
+        The replay buffer's size: ``requested`` if it fits in the memory available now, else a ``ValueError`` naming
+        ``buffer_size`` (before anything is allocated); for ``None``, the default of the observations' kind, fewer
+        where it would take more than :data:`BUFFER_MEMORY_SHARE` of that memory.
+        """
+        per_transition = transition_nbytes(self.observation_space, self.action_space, self.optimize_memory_usage)
+        available = available_memory()
+        shape = getattr(self.observation_space, "shape", None)
+        what = f"{shape} {self.observation_space.dtype} observations" if shape else "Dict observations"
+        stored = (
+            "each stored once (optimize_memory_usage)"
+            if self.optimize_memory_usage
+            else "each stored twice, as obs and next_obs"
+        )
+        hint = (
+            "or optimize_memory_usage=True with replay_buffer_kwargs=dict(handle_timeout_termination=False) to store "
+            "each frame once"
+        )
+        if requested is None:
+            subspaces = (
+                self.observation_space.spaces.values()
+                if isinstance(self.observation_space, spaces.Dict)
+                else [self.observation_space]
+            )
+            images = any(is_image_space(sub, check_channels=False) for sub in subspaces)
+            limit = IMAGE_BUFFER_SIZE if images else DEFAULT_BUFFER_SIZE
+            if available is None or limit * per_transition <= BUFFER_MEMORY_SHARE * available:
+                return limit
+            fits = int(BUFFER_MEMORY_SHARE * available // per_transition)
+            if fits < self.batch_size:
+                raise ValueError(
+                    f"No replay buffer of {what} ({per_transition:,} bytes a transition, {stored}) fits in the "
+                    f"{_gib(available)} of memory available: not even one batch of {self.batch_size}. Free memory, "
+                    f"pass a smaller buffer_size and batch_size, {hint}"
+                )
+            warnings.warn(
+                f"GuidedSAC: buffer_size={fits:,} transitions of {what} ({_gib(fits * per_transition)}, half the "
+                f"{_gib(available)} of memory available; {limit:,} would need {_gib(limit * per_transition)}). Pass "
+                "buffer_size=... to choose",
+                stacklevel=3,
+            )
+            return fits
+        needed = requested * per_transition
+        if available is not None and needed > available:
+            raise ValueError(
+                f"buffer_size={requested:,} transitions of {what} need {_gib(needed)} ({stored}), but only "
+                f"{_gib(available)} of memory are available: pass buffer_size={int(available // per_transition):,} "
+                f"or less, buffer_size=None for one that fits, {hint}"
+            )
+        return requested
 
     def _setup_model(self) -> None:
         if self.replay_buffer_class is None:
