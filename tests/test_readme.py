@@ -15,7 +15,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 _BLOCK = re.compile(r"<!-- readme-test: (\w+) -->\s*```(bash|python)\n(.*?)```", re.S)
 #: what a Python block's test shortens (each must be in the block): step counts only
-_SHORTER = {"sac": {"steps=20_000": "steps=100", ".learn(100_000)": ".learn(101)"}}
+_SHORTER = {
+    "script": {".learn(50_000,": ".learn(256,"},
+    "sac": {"steps=20_000": "steps=100", ".learn(100_000)": ".learn(101)"},
+    "envs": {"model.learn(1_000)": "model.learn(120)"},
+}
 
 
 def _blocks(language: str = "bash") -> dict[str, str]:
