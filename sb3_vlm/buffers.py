@@ -194,9 +194,10 @@ class AdvisedDictReplayBufferSamples(NamedTuple):
 class _ReplayAdviceStorage:
     """
     Advice columns for the advised replay buffers. ``add()`` reads the advice out of the ``infos`` SB3 already passes
-    (the info of the step that *left* ``obs``, so it holds the advice for ``obs``: DESIGN.md's time alignment), scales
-    Box actions to [-1, 1] the way SB3 scales buffer actions, and never keeps the ``Advice`` objects themselves: only
-    two numeric arrays are stored, so pickling the buffer (``save_replay_buffer``) never pickles an advisor or a key.
+    (the info of the step that *left* ``obs``, so it holds the advice for ``obs``: the time alignment of
+    :class:`~sb3_vlm.wrappers.VLMAdviceWrapper`), scales Box actions to [-1, 1] the way SB3 scales buffer actions,
+    and never keeps the ``Advice`` objects themselves: only two numeric arrays are stored, so pickling the buffer
+    (``save_replay_buffer``) never pickles an advisor or a key.
 
     Non-blocking advice: a transition whose answer is still pending is stored masked and filled in by
     :meth:`resolve_pending` (GuidedSAC calls it before every training phase) once the answer has arrived, unless the

@@ -1,8 +1,12 @@
-"""Callbacks that are not tied to one algorithm: advisor metrics for TensorBoard (and every other SB3 logger)."""
+"""
+Callbacks that are not tied to one algorithm: advisor metrics for TensorBoard (and every other SB3 logger).
+
+:func:`advisor_counters` and :func:`advice_counters` live in :mod:`sb3_vlm.advisors.base` (the advice wrappers need
+them, and imports point down the layers); they are importable from here too.
+"""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
@@ -10,7 +14,9 @@ from stable_baselines3.common.logger import DISABLED, KVWriter
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from sb3_vlm.advisors.background import BACKGROUND_COUNTERS
-from sb3_vlm.advisors.base import Advisor, advisor_chain
+from sb3_vlm.advisors.base import advice_counters, advisor_counters
+
+__all__ = ["ADVISOR_KEYS", "AdviceMetricsCallback", "advice_counters", "advisor_counters", "collect_advice_counters"]
 
 #: the logger keys of :class:`AdviceMetricsCallback`
 ADVISOR_KEYS = (
@@ -33,30 +39,6 @@ ADVISOR_KEYS = (
     "advisor/deduplicated",
     "advisor/overflow",
 )
-_EXTRA = ("tokens", "retries", "parse_failures", "circuit_skips", "budget_skips")
-
-
-def advisor_counters(advisor: Advisor) -> dict[str, float]:
-    """
-    An advisor's counters as plain numbers: its :class:`~sb3_vlm.advisors.base.AdvisorStats` plus, summed over the
-    advisors it wraps (cache, noise ...), the API counters ``tokens``, ``retries``, ``parse_failures``,
-    ``circuit_skips``, ``budget_skips`` and ``http_errors`` where an advisor keeps them.
-    """
-    out: dict[str, float] = {k: float(v) for k, v in advisor.stats.as_dict().items()}
-    out.update({k: 0.0 for k in (*_EXTRA, "http_errors")})
-    for current in advisor_chain(advisor):
-        for key in _EXTRA:
-            out[key] += float(getattr(current, key, 0) or 0)
-        errors = getattr(current, "http_errors", None)
-        if isinstance(errors, dict):
-            out["http_errors"] += float(sum(errors.values()))
-    return out
-
-
-def advice_counters(advisor: Advisor) -> tuple[str, dict[str, float]]:
-    """``(key, counters)``: the key identifies the advisor's counters across envs that share it (same process, same
-    stats object), so that :class:`AdviceMetricsCallback` counts a shared advisor once."""
-    return f"{os.getpid()}:{id(advisor.stats)}", advisor_counters(advisor)
 
 
 def collect_advice_counters(env: VecEnv) -> dict[str, dict[str, float]]:

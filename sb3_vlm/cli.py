@@ -102,6 +102,9 @@ def _advise(args: argparse.Namespace) -> int:
     except (ValueError, ImportError) as exc:  # unknown spec, missing key or extra: one line, as `train` says it
         print(f"sb3-vlm advise: {exc}", file=sys.stderr)
         return 2
+    from sb3_vlm.wrappers.advice import fit_teacher_view
+
+    fit_teacher_view(env, advisor)  # the view training would show this advisor (issue 16)
     env.reset(seed=args.seed)
     for _ in range(args.steps):
         env.step(env.action_space.sample())

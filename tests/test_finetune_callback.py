@@ -260,3 +260,23 @@ def test_callback_refuses_what_it_cannot_do(tmp_path: Path, caplog: pytest.LogCa
         PPO("MlpPolicy", env, n_steps=16).learn(16, callback=VLMFineTuneCallback(table, psi0=8, save_dir=tmp_path))
     assert "not the advisor being fine-tuned" in caplog.text
     assert "none of their steps carried a teacher view" in caplog.text
+
+
+def test_round_selects_with_eddf_select_not_an_inline_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17 item 16: the callback's selection is :func:`eddf_select` itself (one definition of EDDF)."""
+    import sb3_vlm.finetune.callback as callback_module
+    from sb3_vlm.finetune.selection import eddf_select
+
+    calls: list[tuple[np.ndarray, float]] = []
+
+    def spy(returns: np.ndarray, entropy: float) -> np.ndarray:
+        calls.append((returns, entropy))
+        return eddf_select(returns, entropy)
+
+    monkeypatch.setattr(callback_module, "eddf_select", spy)
+    table = NearestNeighbourAdvisor(ConstantAdvisor(0))
+    env = make_vec_env(ColourEnv, n_envs=1, seed=0, wrapper_class=VLMAdviceWrapper, wrapper_kwargs={"advisor": table})
+    ft = VLMFineTuneCallback(table, psi0=32, gamma=0.5, save_dir=tmp_path, seed=0)
+    GuidedPPO("MlpPolicy", env, n_steps=32, seed=0).learn(32, callback=ft)
+    assert len(calls) == 1 == len(ft.history)
+    assert ft.history[0]["selected"] == eddf_select(*calls[0]).size

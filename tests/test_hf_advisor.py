@@ -133,3 +133,12 @@ def test_background_requests_wait_while_the_model_is_being_fine_tuned(checkpoint
         assert all(isinstance(p, PendingAdvice) and not p.done() for p in pending)
     answers = [p.result(60) for p in pending]  # type: ignore[union-attr]
     assert all(a.valid and a.probs is not None for a in answers)
+
+
+def test_answer_no_longer_raises_not_implemented(checkpoint: Path) -> None:
+    """Issue 17 item 16: ``answer()`` gives what ``advise()`` gives for the request, as the API advisors' does."""
+    advisor = HFAdvisor(str(checkpoint), MINIGRID_PROMPT, model_kwargs=dict(local_files_only=True))
+    request = _requests(1)[0]
+    one = advisor.answer(request)
+    assert one.valid and one.probs is not None
+    np.testing.assert_allclose(one.probs, advisor.advise([request])[0].probs, atol=1e-5)

@@ -275,3 +275,43 @@ def test_lazy_views_cross_processes_and_render_in_the_main_process_on_a_miss(ren
         assert 0 < len(renders) == looks.stats.queries < looks.stats.cache_hits + looks.stats.cache_misses
         runs.append(advice)
     assert runs[0] == runs[1]
+
+
+# --------------------------------------------------------------------------------------------- teacher view size
+def _teacher_image(env: Any) -> np.ndarray:
+    request = env.get_wrapper_attr("teacher_request")()
+    return request.image
+
+
+def test_vlm_advisor_gets_vlm_sized_minigrid_view_scripted_keeps_cheap_one():
+    """Issue 16 item 12: API / HF advisors see 32-pixel tiles (224×224 on a 7x7 grid), the oracle keeps 8."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_vlm.advisors.gemini import GeminiAdvisor
+    from sb3_vlm.advisors.hf import HFAdvisor
+    from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
+    from sb3_vlm.advisors.prompts import MINIGRID_PROMPT
+    from sb3_vlm.wrappers import VecVLMAdviceWrapper
+
+    env_id = "MiniGrid-LavaGapS7-v0"
+    oracle = VLMAdviceWrapper(make_minigrid_env(env_id, student_obs="symbolic"), MiniGridOracle())
+    oracle.reset(seed=0)
+    assert _teacher_image(oracle).shape == (56, 56, 3)
+
+    api = OpenAIAdvisor("m", MINIGRID_PROMPT, base_url="http://127.0.0.1:9/v1", api_key="sk-test")
+    for advisor in (api, GeminiAdvisor("g", MINIGRID_PROMPT, api_key="AIza-test")):
+        wrapped = VLMAdviceWrapper(make_minigrid_env(env_id, student_obs="symbolic"), advisor)
+        wrapped.reset(seed=0)
+        assert _teacher_image(wrapped).shape == (224, 224, 3)
+    assert HFAdvisor.preferred_view_size == 224
+
+    # a tile size asked for is kept, whatever the advisor
+    fixed = VLMAdviceWrapper(make_minigrid_env(env_id, student_obs="symbolic", teacher_tile_size=8), api)
+    fixed.reset(seed=0)
+    assert _teacher_image(fixed).shape == (56, 56, 3)
+
+    # the vec wrapper (sb3-vlm train) does the same through env_method
+    venv = VecVLMAdviceWrapper(make_vec_env(lambda: make_minigrid_env(env_id, student_obs="symbolic"), n_envs=1), api)
+    venv.reset()
+    assert venv.env_method("teacher_request")[0].image.shape == (224, 224, 3)
+    venv.close()

@@ -39,9 +39,9 @@ class GuidedA2C(GuidedOnPolicyMixin, A2C):
     :param advice_key: info key the advice wrapper writes (default ``"vlm_advice"``)
     :param advice_wait: with non-blocking advice, the most seconds a collected rollout waits for answers still
         missing; rows whose answer comes later stay masked (the answer still reaches the cache). Default 0: training
-        never waits (measured: 1.0x the wall-clock of an instant advisor with 97 % of rows advised, vs 1.3x and
-        100 % when waiting, GuidedPPO on MiniGrid at 0.5 s latency); raise it towards the VLM's latency when views
-        rarely repeat (pixels, continuous control) or rollouts are short (A2C)
+        never waits, since waiting costs about one latency per rollout while most rows are advised anyway once views
+        repeat (the README's non-blocking advice table); raise it towards the VLM's latency when views rarely repeat
+        (pixels, continuous control) or rollouts are short (A2C)
     """
 
     def __init__(

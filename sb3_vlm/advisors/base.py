@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -99,6 +100,10 @@ class Advisor(ABC):
 
     #: answers per window of the "most advice is unusable" warning
     unusable_window: int = 100
+    #: pixels of the longer side of the teacher image this advisor reads well; None: the env's cheap default. Views
+    #: that can render at several sizes (:class:`~sb3_vlm.envs.minigrid.MiniGridTeacherView`) use it when no size was
+    #: asked for (issue 16): scripted advisors read the state, a VLM needs sprites it can see
+    preferred_view_size: int | None = None
 
     def __init__(self) -> None:
         self.stats = AdvisorStats()
@@ -191,6 +196,14 @@ class Advisor(ABC):
         return f"{type(self).__name__}({self.identity})"
 
 
+def preferred_view_size(advisor: Advisor) -> int | None:
+    """The first :attr:`Advisor.preferred_view_size` set in ``advisor`` and the advisors it wraps (None: none is)."""
+    for current in advisor_chain(advisor):
+        if current.preferred_view_size is not None:
+            return current.preferred_view_size
+    return None
+
+
 def advisor_chain(advisor: Advisor) -> Iterator[Advisor]:
     """``advisor`` and the advisors it wraps (cache, noise ...), outermost first, each once."""
     seen: set[int] = set()
@@ -205,9 +218,36 @@ def advisor_chain(advisor: Advisor) -> Iterator[Advisor]:
 ATTRIBUTE_COUNTERS = ("tokens", "retries", "parse_failures", "oversized", "circuit_skips", "budget_skips")
 
 
+#: what :func:`advisor_counters` sums over the advisor chain, beside the stats (``oversized`` is a detail)
+_EXTRA = ("tokens", "retries", "parse_failures", "circuit_skips", "budget_skips")
+
+
+def advisor_counters(advisor: Advisor) -> dict[str, float]:
+    """
+    An advisor's counters as plain numbers: its :class:`~sb3_vlm.advisors.base.AdvisorStats` plus, summed over the
+    advisors it wraps (cache, noise ...), the API counters ``tokens``, ``retries``, ``parse_failures``,
+    ``circuit_skips``, ``budget_skips`` and ``http_errors`` where an advisor keeps them.
+    """
+    out: dict[str, float] = {k: float(v) for k, v in advisor.stats.as_dict().items()}
+    out.update({k: 0.0 for k in (*_EXTRA, "http_errors")})
+    for current in advisor_chain(advisor):
+        for key in _EXTRA:
+            out[key] += float(getattr(current, key, 0) or 0)
+        errors = getattr(current, "http_errors", None)
+        if isinstance(errors, dict):
+            out["http_errors"] += float(sum(errors.values()))
+    return out
+
+
+def advice_counters(advisor: Advisor) -> tuple[str, dict[str, float]]:
+    """``(key, counters)``: the key identifies the advisor's counters across envs that share it (same process, same
+    stats object), so that :class:`~sb3_vlm.callbacks.AdviceMetricsCallback` counts a shared advisor once."""
+    return f"{os.getpid()}:{id(advisor.stats)}", advisor_counters(advisor)
+
+
 def counter_details(advisor: Advisor) -> dict[str, float]:
     """
-    What :func:`~sb3_vlm.callbacks.advisor_counters` leaves out and a resumed run needs to go on counting, summed over
+    What :func:`advisor_counters` leaves out and a resumed run needs to go on counting, summed over
     ``advisor`` and the advisors it wraps: ``oversized``, and ``http_errors`` by kind as ``"http_errors.<kind>"``.
     """
     out: dict[str, float] = {"oversized": 0.0}

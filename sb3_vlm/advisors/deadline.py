@@ -2,8 +2,8 @@
 An overall deadline for each HTTP request of an API advisor: connect, send and the whole answer, headers and body.
 
 The HTTP clients' own ``timeout`` bounds each socket operation, not the request: a server that trickles one byte
-every half second never lets a read time out and holds the request as long as it likes (issue 17: 40 s with
-``timeout=1``). So the API advisors give their SDK a transport whose network streams clamp every connect, read and
+every half second never lets a read time out and holds the request as long as it likes, whatever ``timeout`` says.
+So the API advisors give their SDK a transport whose network streams clamp every connect, read and
 write to the time left before the deadline of the request in progress on that thread (:func:`request_deadline`), and
 raise the HTTP library's own timeout error once it has passed: the SDK turns that into its timeout exception, which the
 advisor counts and retries as a timeout. Works with ``httpx2`` / ``httpcore2`` and ``httpx`` / ``httpcore``.

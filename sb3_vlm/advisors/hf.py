@@ -296,9 +296,15 @@ class HFAdvisor(PromptedAdvisor):
         finally:
             self.prompt = saved
 
-    # PromptedAdvisor's per-request API path is not used: batches are local
+    def answer(self, request: AdviceRequest) -> Advice:
+        """One request, as a batch of one (what :meth:`advise` gives it; raises on a backend failure like the other
+        prompted advisors' ``answer``, where :meth:`advise` counts it and returns invalid advice)."""
+        with self.model_lock:
+            return self._advise_chunk([request])[0]
+
     def _generate(self, request: AdviceRequest, call: Call) -> Generation:
-        raise NotImplementedError
+        # PromptedAdvisor's per-request API path: a local model answers whole batches (answer / advise) instead
+        raise TypeError("HFAdvisor generates in batches: call advise() or answer(), not the per-call API path")
 
     def _classify(self, exc: Exception) -> RetryDecision | None:
         return None

@@ -35,7 +35,7 @@ T = TypeVar("T")
 # log-probabilities), and one lock per identity held while the first request finds out. Two advisors with one
 # identity give interchangeable answers, so a new advisor object (each env's copy, a rebuilt advisor) does not probe
 # again, and the other threads of the first batch wait for the answer instead of each probing and each logging the
-# fallback (issue 16: 7-8 notices and 8 probe calls per advisor).
+# fallback (issue 16).
 _LOGPROBS_SUPPORT: dict[str, bool] = {}
 _PROBE_LOCKS: dict[str, threading.Lock] = {}
 _PROBE_LOCKS_GUARD = threading.Lock()
@@ -171,6 +171,10 @@ class PromptedAdvisor(Advisor):
 
     Every counter is explained in :data:`~sb3_vlm.advisors.base.COUNTERS`.
     """
+
+    #: VLMs read small sprites poorly: MiniGrid renders 32-pixel tiles for them (224×224 for a 7x7 grid, LVLM2P shows
+    #: the full render) instead of the scripted teachers' 8
+    preferred_view_size: int | None = 224
 
     #: characters of an answer's text kept in :attr:`Advice.raw <sb3_vlm.advice.Advice.raw>` (and so in the cache)
     raw_chars: int = 4_096

@@ -6,17 +6,14 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
 from sb3_vlm.advice import Advice, AdviceRequest
 from sb3_vlm.advisors.base import Advisor
-
-if TYPE_CHECKING:
-    from sb3_vlm.finetune.backends import FineTuneResult
-    from sb3_vlm.finetune.data import Example
+from sb3_vlm.advisors.finetuning import Example, FineTuneResult
 
 Features = Callable[[AdviceRequest], np.ndarray]
 
@@ -120,8 +117,6 @@ class NearestNeighbourAdvisor(Advisor):
         Store the examples with positive weight. The reported loss is eq. 6's analogue before the update: the
         weighted mean of ``1 − p(executed action)`` (discrete) or the squared error to it (Box).
         """
-        from sb3_vlm.finetune.backends import FineTuneResult
-
         start = time.perf_counter()
         kept = [ex for ex in examples if ex.weight > 0]
         losses, weights = [], []

@@ -134,26 +134,46 @@ def view_content_key(state: MiniGridState, mission: str, tile_size: int) -> str:
     return h.hexdigest()
 
 
+#: pixels per cell of the teacher image when neither the caller nor the advisor asks for more (scripted teachers)
+TEACHER_TILE_SIZE = 8
+
+
 class MiniGridTeacherView(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """
     Give the teacher a fully observable RGB render of the grid plus the mission (LVLM2P's setup).
 
     The request is lazy (issue 18): it carries a content key of the state (:func:`view_content_key`), which the
     advice cache keys by, and renders the image only when a backend reads it, i.e. on a cache miss of an advisor
-    that looks at images. Rendering every step used to cost a quarter of a guided PPO run.
+    that looks at images: rendering every step is a large share of a guided PPO run's time.
 
     :param env: a MiniGrid env (any wrappers)
-    :param tile_size: pixels per grid cell of the teacher image (8 keeps hashing and rendering cheap; use 32 for a
-        real VLM, which reads small sprites poorly)
+    :param tile_size: pixels per grid cell of the teacher image; None (default): :data:`TEACHER_TILE_SIZE` (8 keeps
+        hashing and rendering cheap for scripted teachers) until an advice wrapper asks for its advisor's
+        :attr:`~sb3_vlm.advisors.base.Advisor.preferred_view_size` (:meth:`prefer_view_size`: VLM advisors get
+        32-pixel tiles, 224×224 for a 7x7 grid)
     :param content_key: True: lazy requests keyed by content; False: render every view and key it by its pixels
         (how caches filled before issue 18 are keyed)
     """
 
-    def __init__(self, env: gym.Env, tile_size: int = 8, content_key: bool = True):
+    def __init__(self, env: gym.Env, tile_size: int | None = None, content_key: bool = True):
         gym.utils.RecordConstructorArgs.__init__(self, tile_size=tile_size, content_key=content_key)
         super().__init__(env)
-        self.tile_size = tile_size
+        self.fixed_tile_size = tile_size is not None
+        self.tile_size = TEACHER_TILE_SIZE if tile_size is None else int(tile_size)
         self.content_key = content_key
+
+    def prefer_view_size(self, pixels: int | None) -> int:
+        """
+        Render the teacher image about ``pixels`` wide (the longer side; never below :data:`TEACHER_TILE_SIZE` per
+        cell), unless a tile size was given. Called by the advice wrappers with their advisor's preferred size.
+
+        :return: the tile size now used
+        """
+        if pixels is not None and not self.fixed_tile_size:
+            u: Any = self.env.unwrapped
+            cells = max(int(u.width), int(u.height))
+            self.tile_size = max(TEACHER_TILE_SIZE, -(-int(pixels) // cells))
+        return self.tile_size
 
     def teacher_request(self) -> AdviceRequest:
         u: Any = self.env.unwrapped
@@ -236,7 +256,7 @@ class RGBObsWrapper(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
 def make_minigrid_env(
     env_id: str,
     student_obs: StudentObs = "rgb_partial",
-    teacher_tile_size: int = 8,
+    teacher_tile_size: int | None = None,
     student_tile_size: int = 8,
     render_mode: str | None = None,
     teacher_content_key: bool = True,
@@ -250,7 +270,8 @@ def make_minigrid_env(
         ``"rgb_full"`` (the whole grid as RGB), ``"symbolic"`` (the full grid state as a flat vector, LVLM2P's
         student input, for ``MlpPolicy``; the fast choice on a CPU) or ``"symbolic_partial"`` (the egocentric view
         as a flat vector); see :class:`SymbolicObsWrapper`
-    :param teacher_tile_size: pixels per cell of the teacher's full render
+    :param teacher_tile_size: pixels per cell of the teacher's full render; None: by advisor (see
+        :class:`MiniGridTeacherView`: 8 for scripted teachers, 32 for VLMs)
     :param student_tile_size: pixels per cell of the RGB student observations
     :param render_mode: passed to ``gym.make``
     :param teacher_content_key: key teacher views by content and render them lazily (see :class:`MiniGridTeacherView`)

@@ -198,8 +198,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 class _AdviceWait(BaseCallback):
     """
     Non-blocking advice in GuidedPPO / GuidedA2C: counts the rollout rows whose answer missed ``advice_wait``, and
-    with ``auto`` sets ``advice_wait`` from the measured latency before each rollout's wait (issue 16: with a wait of
-    0 a slow VLM left 800 of 1,024 rows unadvised). The wait is 1.5 × the time the queue needs for what is pending
+    with ``auto`` sets ``advice_wait`` from the measured latency before each rollout's wait (with a wait of 0 a slow
+    VLM leaves most rows of a rollout unadvised). The wait is 1.5 × the time the queue needs for what is pending
     (``ceil(pending / (workers · batch))`` rounds of one batch's latency), at most ``max_wait``; before any answer has
     come back, ``max_wait``. A rollout stops waiting as soon as its answers are in, so a generous deadline costs only
     what a slow VLM takes.

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from sb3_vlm.advisors.finetuning import Example, FineTuneResult
 from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
-from sb3_vlm.finetune.backends import FineTuneResult
-from sb3_vlm.finetune.data import Example
 
 #: job states after which nothing changes
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from sb3_vlm.advisors.base import Advisor
-from sb3_vlm.finetune.data import Example
+from sb3_vlm.advisors.finetuning import Example
+from sb3_vlm.advisors.finetuning import FineTuneResult as FineTuneResult  # re-exported: its home before
 from sb3_vlm.finetune.lora import LoraSettings, lora_finetune
-
-
-@dataclass
-class FineTuneResult:
-    """
-    What one round did.
-
-    :param ok: False when the round failed (the advisor is unchanged and training goes on)
-    :param loss: the round's last-epoch fine-tuning loss (NaN where the backend does not report one)
-    :param first_loss: the first epoch's loss (NaN where unknown)
-    :param examples: examples used (after weighting / filtering)
-    :param version: what answers now (adapter path, model id, table digest)
-    :param seconds: wall-clock time of the round
-    :param message: why it failed, or a short note
-    """
-
-    ok: bool
-    loss: float = math.nan
-    first_loss: float = math.nan
-    examples: int = 0
-    version: str = ""
-    seconds: float = 0.0
-    message: str = ""
 
 
 @runtime_checkable

@@ -24,7 +24,7 @@ from sb3_vlm.advisors.cache import CachedAdvisor
 from sb3_vlm.finetune.backends import FineTuneBackend, FineTuneResult, backend_for
 from sb3_vlm.finetune.data import Example, TrajectoryCollector
 from sb3_vlm.finetune.lora import LoraSettings
-from sb3_vlm.finetune.selection import eddf_threshold, progressive_intervals, ralw_weights, zscore
+from sb3_vlm.finetune.selection import eddf_select, eddf_threshold, progressive_intervals, ralw_weights, zscore
 
 logger = logging.getLogger(__name__)
 
@@ -244,10 +244,10 @@ class VLMFineTuneCallback(BaseCallback):
         start = time.perf_counter()
         entropy = policy_entropy(self.model)
         returns = self.collector.returns()
-        z = zscore(returns)
         # unknown entropy (nothing to measure on): ε = 0, f = 1/2, the middle of the range
-        tau = eddf_threshold(z, 0.0 if math.isnan(entropy) else entropy)
-        selected = np.flatnonzero(z > tau)
+        epsilon = 0.0 if math.isnan(entropy) else entropy
+        selected = eddf_select(returns, epsilon)
+        tau = eddf_threshold(zscore(returns), epsilon)  # logged with the round
         weights = ralw_weights(returns[selected])
         samples = self.collector.samples
         examples = [

@@ -8,19 +8,8 @@ from typing import Any
 import numpy as np
 
 from sb3_vlm.advice import REQUEST_INFO_KEY, AdviceRequest
+from sb3_vlm.advisors.finetuning import Example as Example  # re-exported: its home before the leaf module
 from sb3_vlm.finetune.selection import returns_to_go
-
-
-@dataclass
-class Example:
-    """
-    One fine-tuning sample: what the teacher saw, the action the agent executed there (env units; backends write
-    it in the prompt's answer format) and its RALW weight.
-    """
-
-    request: AdviceRequest
-    action: np.ndarray
-    weight: float = 1.0
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """
 COVR's data side, as pure functions: returns-to-go, EDDF (which samples to fine-tune on), RALW (how much each
-counts), the weighted token loss (eq. 6) and the progressive schedule. See ``../shared/papers/covr.md`` §3.
+counts), the weighted token loss (eq. 6) and the progressive schedule. Following the COVR paper, §3.
 """
 
 from __future__ import annotations

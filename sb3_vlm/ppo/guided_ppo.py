@@ -37,7 +37,7 @@ class GuidedPPO(GuidedOnPolicyMixin, PPO):
     :param teacher_coef: λ, the most weight the teacher gets: a float or a :class:`~sb3_vlm.guidance.CoefSchedule`
         of the number of updates. With ``trust`` the term's weight is ``λ · τ``, τ ∈ [0, 1] the trust the run's own
         evidence puts in the teacher (starting at 0.2), so λ is reached only by a teacher whose advice is shown to
-        pay (default 1.0, measured with trust on; LVLM2P's fixed λ is 0.01: ``trust=False, teacher_coef=0.01``)
+        pay (default 1.0, the weight trust is tuned for; LVLM2P's fixed λ is 0.01: ``trust=False, teacher_coef=0.01``)
     :param trust: adaptive trust (:mod:`sb3_vlm.guidance.trust`): ``True`` (default settings), a
         :class:`~sb3_vlm.guidance.TrustSettings`, or ``False`` for LVLM2P's fixed λ. After each rollout, τ moves by
         the t statistic of an importance-weighted contrast of GAE advantages between steps that took the advised
@@ -49,9 +49,9 @@ class GuidedPPO(GuidedOnPolicyMixin, PPO):
     :param advice_key: info key the advice wrapper writes (default ``"vlm_advice"``)
     :param advice_wait: with non-blocking advice, the most seconds a collected rollout waits for answers still
         missing; rows whose answer comes later stay masked (the answer still reaches the cache). Default 0: training
-        never waits (measured: 1.0x the wall-clock of an instant advisor with 97 % of rows advised, vs 1.3x and
-        100 % when waiting, GuidedPPO on MiniGrid at 0.5 s latency); raise it towards the VLM's latency when views
-        rarely repeat (pixels, continuous control) or rollouts are short (A2C)
+        never waits, since waiting costs about one latency per rollout while most rows are advised anyway once views
+        repeat (the README's non-blocking advice table); raise it towards the VLM's latency when views rarely repeat
+        (pixels, continuous control) or rollouts are short (A2C)
     """
 
     def __init__(

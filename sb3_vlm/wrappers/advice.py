@@ -18,7 +18,14 @@ from sb3_vlm.advisors.background import (
     QueuedAdvice,
     prefers_background,
 )
-from sb3_vlm.advisors.base import Advisor, AdvisorStats, counter_details, restore_counters
+from sb3_vlm.advisors.base import (
+    Advisor,
+    AdvisorStats,
+    advice_counters,
+    counter_details,
+    preferred_view_size,
+    restore_counters,
+)
 from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
 
 TeacherView = Callable[[gym.Env, Any], AdviceRequest]
@@ -70,8 +77,6 @@ def background_for(
 def advice_counters_with(advisor: Advisor, background: BackgroundAdvisor | None) -> tuple[str, dict[str, float]]:
     """A wrapper's counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback` (and checkpoints), with its
     background queue's and the details a resumed run needs (:func:`~sb3_vlm.advisors.base.counter_details`)."""
-    from sb3_vlm.callbacks import advice_counters
-
     key, counters = advice_counters(advisor)
     counters.update(counter_details(advisor))
     if background is not None:
@@ -89,11 +94,24 @@ def restore_counters_with(
         background.restore_counters(counters)
 
 
+def fit_teacher_view(env: gym.Env, advisor: Advisor) -> None:
+    """Render the env's teacher view at the advisor's preferred size, where the view can (issue 16: one place
+    decides, :attr:`~sb3_vlm.advisors.base.Advisor.preferred_view_size`; scripted advisors leave the view as it is)."""
+    size = preferred_view_size(advisor)
+    if size is None:
+        return
+    try:
+        prefer = env.get_wrapper_attr("prefer_view_size")
+    except AttributeError:
+        return
+    prefer(size)
+
+
 class VLMAdviceWrapper(gym.Wrapper):
     """
     Ask an advisor about the observations the agent acts on and put the answer in ``info``.
 
-    **Time alignment** (DESIGN.md): the info returned by ``step(a_t)`` carries, under ``info_key``, the advice for
+    **Time alignment**: the info returned by ``step(a_t)`` carries, under ``info_key``, the advice for
     ``o_t``, the observation ``a_t`` was chosen on, i.e. the one SB3 stores next to that info. The advice for an
     episode's first observation is computed at ``reset()`` and delivered with the first step, so vector-env
     auto-resets cannot misalign it. Terminal observations are never queried (nobody acts on them).
@@ -151,6 +169,7 @@ class VLMAdviceWrapper(gym.Wrapper):
         )  # fmt: skip
         self.query_every = int(query_every)
         self.teacher_view = teacher_view or default_teacher_view
+        fit_teacher_view(env, advisor)
         self.info_key = info_key
         self._episode_step = 0
         self._current: Advice | None = None

@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 
 from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest
 from sb3_vlm.advisors.background import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WAIT
-from sb3_vlm.advisors.base import Advisor, AdvisorStats
+from sb3_vlm.advisors.base import Advisor, AdvisorStats, preferred_view_size
 from sb3_vlm.advisors.cache import AdviceCache
 from sb3_vlm.wrappers.advice import advice_counters_with, background_for, resolve_advisor, restore_counters_with
 
@@ -80,6 +80,9 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         )  # fmt: skip
         self.query_every = int(query_every)
         self.teacher_view = teacher_view or default_vec_teacher_view
+        size = preferred_view_size(advisor)
+        if size is not None and venv.has_attr("prefer_view_size"):  # see wrappers.advice.fit_teacher_view
+            venv.env_method("prefer_view_size", size)
         self.info_key = info_key
         self.episode_steps = np.zeros(self.num_envs, dtype=np.int64)
         self.current: list[Advice] = [Advice.invalid(source="not-reset") for _ in range(self.num_envs)]
