@@ -33,6 +33,9 @@ ADVISOR_KEYS = (
     "advisor/retries",
     "advisor/http_errors",
     "advisor/tokens",
+    "advisor/tokens_in",
+    "advisor/tokens_out",
+    "advisor/cost_usd",
     "advisor/circuit_skips",
     "advisor/budget_skips",
     "advisor/pending",
@@ -64,8 +67,9 @@ class AdviceMetricsCallback(BaseCallback):
     Log the advisors' counters under ``advisor/*`` (TensorBoard, CSV, stdout): queries, cache hits and hit rate,
     requests answered by a remembered refusal (``refusal_hits``), cached rows found corrupt and asked again
     (``cache_corrupt``), mean latency, invalid answers and, among them, answers that were marked valid but could not
-    be used (``malformed``), backend errors, parse failures, retries, HTTP errors, tokens, requests held back by an
-    open circuit breaker or a spent query budget and, with non-blocking advice, requests still being answered
+    be used (``malformed``), backend errors, parse failures, retries, HTTP errors, tokens (in all, of prompts and
+    of answers) and their cost in US dollars, requests held back by an open circuit breaker or a spent query or
+    dollar budget and, with non-blocking advice, requests still being answered
     (``pending``), identical requests in flight sent once (``deduplicated``) and requests refused by a full queue
     (``overflow``), summed over the training env's advisors (a shared advisor counts once).
 
@@ -136,6 +140,9 @@ class AdviceMetricsCallback(BaseCallback):
             "advisor/retries": total["retries"],
             "advisor/http_errors": total["http_errors"],
             "advisor/tokens": total["tokens"],
+            "advisor/tokens_in": total["tokens_in"],
+            "advisor/tokens_out": total["tokens_out"],
+            "advisor/cost_usd": total["cost_usd"],
             "advisor/circuit_skips": total["circuit_skips"],
             "advisor/budget_skips": total["budget_skips"],
             **{f"advisor/{key}": total.get(key, 0.0) for key in BACKGROUND_COUNTERS},

@@ -167,9 +167,20 @@ _RUN_OPTIONS = (
     "tensorboard",
     "base_url",
     "api_key_env",
+    "max_cost_usd",
     "advice_wait",
     "checkpoint_every",
 )
+
+
+def _dollars(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a number of US dollars >= 0, got {text!r}")
+    return value
 
 
 def _seconds_or_auto(text: str) -> float | str:
@@ -222,6 +233,7 @@ def _train(args: argparse.Namespace) -> int:
                 verbose=args.verbose,
                 base_url=args.base_url,
                 api_key_env=args.api_key_env,
+                max_cost_usd=args.max_cost_usd,
                 advice_wait=args.advice_wait,
                 checkpoint_every=args.checkpoint_every,
             )
@@ -235,6 +247,8 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.resume or args.out)
     counters = run["advisor_counters"]
     advice = f", advisor queries {counters['advisor/queries']:.0f}" if counters else ""
+    if counters.get("advisor/cost_usd"):
+        advice += f" (${counters['advisor/cost_usd']:.4f}, {counters['advisor/tokens']:,.0f} tokens)"
     steps = f"{run['num_timesteps']:,} of {run['steps']:,} steps in {run['wall_s']:.0f} s{advice}"
     if run["advice_rows_missed"]:
         latency = run["advisor_mean_latency_s"]
@@ -413,6 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--query-every", type=int, default=None, help="ask the advisor every k steps")
     train.add_argument("--cache", default=None, help="advice cache file (SQLite), reused across runs")
     _add_advisor_options(train)
+    train.add_argument(
+        "--max-cost-usd",
+        type=_dollars,
+        default=None,
+        metavar="USD",
+        help="openai: / gemini: advisors: a hard budget in US dollars at the model's list price "
+        "(sb3_vlm.advisors.pricing); once spent, training goes on unguided (default: no budget)",
+    )
     train.add_argument(
         "--advice-wait",
         type=_seconds_or_auto,

@@ -44,9 +44,13 @@ class _Tokens(CallableAdvisor):
     def __init__(self) -> None:
         super().__init__(lambda r: Advice(probs=np.array([0.5, 0.5], np.float32)), name="tokens")
         self.tokens, self.parse_failures, self.retries, self.http_errors = 0, 0, 0, {}
+        self.tokens_in, self.tokens_out, self.cost_usd = 0, 0, 0.0
 
     def _advise(self, requests):  # type: ignore[no-untyped-def]
         self.tokens += 7 * len(requests)
+        self.tokens_in += 5 * len(requests)
+        self.tokens_out += 2 * len(requests)
+        self.cost_usd += 0.25 * len(requests)
         self.http_errors["429"] = self.http_errors.get("429", 0) + 1
         return super()._advise(requests)
 
@@ -68,6 +72,7 @@ def test_metrics_count_a_shared_advisor_once_and_keep_existing_keys(tmp_path: Pa
     assert values["advisor/cache_hits"] == stats.cache_hits and stats.cache_hits + stats.cache_misses >= 32
     assert values["advisor/cache_hit_rate"] == pytest.approx(stats.cache_hits / (stats.cache_hits + stats.cache_misses))
     assert values["advisor/tokens"] == 14 and values["advisor/http_errors"] == advisor.http_errors["429"]
+    assert (values["advisor/tokens_in"], values["advisor/tokens_out"], values["advisor/cost_usd"]) == (10, 4, 0.5)
     assert values["advisor/mean_latency_s"] == pytest.approx(stats.total_latency / stats.queries)
     counters = advisor_counters(cached)
     assert counters["tokens"] == 14  # found through the cache wrapper

@@ -26,7 +26,15 @@ def _body(text: str, top: list[tuple[str, float]] | None = None) -> dict:
             "topCandidates": [{"candidates": [{"token": t, "logProbability": lp} for t, lp in top]}],
             "chosenCandidates": [{"token": top[0][0], "logProbability": top[0][1]}],
         }
-    return {"candidates": [candidate], "usageMetadata": {"promptTokenCount": 5, "totalTokenCount": 7}}
+    return {
+        "candidates": [candidate],
+        "usageMetadata": {
+            "promptTokenCount": 5,
+            "candidatesTokenCount": 1,
+            "thoughtsTokenCount": 1,
+            "totalTokenCount": 7,
+        },
+    }
 
 
 def _advisor(server: LoopbackServer, prompt=COVR_HIGHWAY, **kwargs) -> GeminiAdvisor:
@@ -36,9 +44,12 @@ def _advisor(server: LoopbackServer, prompt=COVR_HIGHWAY, **kwargs) -> GeminiAdv
 
 def test_image_bytes_part_and_parsed_answer() -> None:
     with LoopbackServer([Reply(body=_body("action:[0.25, 0.5]"))]) as server:
-        advisor = _advisor(server)
+        advisor = _advisor(server, price=(1.0, 2.0))
         advice = advisor.advise([AdviceRequest(image=IMAGE, action_space=CAR)])[0]
     assert advice.valid and np.allclose(advice.action, [0.25, 0.5]) and advisor.tokens == 7
+    # thinking tokens are billed as answer tokens
+    assert (advisor.tokens_in, advisor.tokens_out) == (5, 2)
+    assert advisor.cost_usd == pytest.approx((5 * 1.0 + 2 * 2.0) / 1e6)
     assert server.paths[0].endswith("/models/gemini-test:generateContent")
     parts = server.requests[0]["contents"][0]["parts"]
     assert parts[0]["text"].endswith("action:[steer, throttle].")

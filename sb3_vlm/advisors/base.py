@@ -37,6 +37,10 @@ COUNTERS: dict[str, str] = {
     "mean_latency": "total_latency / queries (seconds)",
     # PromptedAdvisor: API and local VLM backends
     "tokens": "tokens the backend reported (not requests)",
+    "tokens_in": "prompt tokens (text and images) the backend reported; part of tokens",
+    "tokens_out": "answer tokens the backend reported (thinking tokens included); part of tokens",
+    "cost_usd": "US dollars the reported tokens cost at the model's price (0 where the price is unknown; "
+    "sb3_vlm.advisors.pricing)",
     "retries": "attempts repeated after a retryable failure (not requests); each follows one of http_errors",
     "http_errors": "failed attempts (not requests), each once, retries included; by kind in the advisor's "
     "``http_errors`` dict: 'timeout' (the request's deadline passed), 'connection', 'HTTP <status>'",
@@ -44,7 +48,8 @@ COUNTERS: dict[str, str] = {
     "of invalid",
     "oversized": "answers longer than the advisor's max_answer_chars, refused unread; part of parse_failures",
     "circuit_skips": "requests the open circuit breaker held back, never sent; part of invalid, not of queries",
-    "budget_skips": "requests held back once the query budget was spent, never sent; part of invalid, not of queries",
+    "budget_skips": "requests held back once the query or dollar budget was spent (or the next request could exceed "
+    "it), never sent; part of invalid, not of queries",
     # BackgroundAdvisor: the non-blocking queue
     "pending": "requests queued or being answered now (a level, not a count)",
     "deduplicated": "requests that shared the answer of an identical request in flight",
@@ -215,18 +220,29 @@ def advisor_chain(advisor: Advisor) -> Iterator[Advisor]:
 
 
 #: API counters an advisor keeps as attributes, beyond its :class:`AdvisorStats` (see :data:`COUNTERS`)
-ATTRIBUTE_COUNTERS = ("tokens", "retries", "parse_failures", "oversized", "circuit_skips", "budget_skips")
+ATTRIBUTE_COUNTERS = (
+    "tokens",
+    "tokens_in",
+    "tokens_out",
+    "cost_usd",
+    "retries",
+    "parse_failures",
+    "oversized",
+    "circuit_skips",
+    "budget_skips",
+)
 
 
 #: what :func:`advisor_counters` sums over the advisor chain, beside the stats (``oversized`` is a detail)
-_EXTRA = ("tokens", "retries", "parse_failures", "circuit_skips", "budget_skips")
+_EXTRA = tuple(name for name in ATTRIBUTE_COUNTERS if name != "oversized")
 
 
 def advisor_counters(advisor: Advisor) -> dict[str, float]:
     """
     An advisor's counters as plain numbers: its :class:`~sb3_vlm.advisors.base.AdvisorStats` plus, summed over the
-    advisors it wraps (cache, noise ...), the API counters ``tokens``, ``retries``, ``parse_failures``,
-    ``circuit_skips``, ``budget_skips`` and ``http_errors`` where an advisor keeps them.
+    advisors it wraps (cache, noise ...), the API counters ``tokens`` (``tokens_in``, ``tokens_out``),
+    ``cost_usd``, ``retries``, ``parse_failures``, ``circuit_skips``, ``budget_skips`` and ``http_errors`` where an
+    advisor keeps them.
     """
     out: dict[str, float] = {k: float(v) for k, v in advisor.stats.as_dict().items()}
     out.update({k: 0.0 for k in (*_EXTRA, "http_errors")})
@@ -271,9 +287,12 @@ def restore_counters(advisor: Advisor, counters: Mapping[str, float]) -> None:
             setattr(advisor.stats, field.name, type(getattr(advisor.stats, field.name))(counters[field.name]))
     chain = list(advisor_chain(advisor))
     for name in ATTRIBUTE_COUNTERS:
-        holder = next((a for a in chain if isinstance(getattr(a, name, None), int)), None)
+        kind = float if name == "cost_usd" else int
+        holder = next((a for a in chain if type(getattr(a, name, None)) is kind), None)
         if holder is not None and name in counters:
-            setattr(holder, name, int(counters[name]))
+            setattr(holder, name, kind(counters[name]))
+            if name == "cost_usd" and getattr(holder, "_budget", None) is not None:
+                holder._budget.spent = float(counters[name])  # type: ignore[attr-defined]  # a resumed run goes on spending
     kinds = {key.split(".", 1)[1]: int(n) for key, n in counters.items() if key.startswith("http_errors.")}
     holder = next((a for a in chain if isinstance(getattr(a, "http_errors", None), dict)), None)
     if holder is not None and kinds:

@@ -17,6 +17,7 @@ from sb3_vlm.advisors.prompted import (
     PromptedAdvisor,
     RetryDecision,
     retry_after_seconds,
+    usage_tokens,
 )
 from sb3_vlm.advisors.prompts import PromptTemplate
 
@@ -78,6 +79,7 @@ class GeminiAdvisor(PromptedAdvisor):
         if key is None:
             raise ValueError(f"No API key: pass api_key=... or set {api_key_env}")
         self.model, self.base_url = model, base_url
+        self._check_pricing()
         self._set_secret(key)
         # retries are PromptedAdvisor's (attempts=1) so each one is counted; the SDK's timeout is in milliseconds and
         # bounds each socket operation, the transport each whole request (where this version of the SDK takes one)
@@ -143,4 +145,11 @@ class GeminiAdvisor(PromptedAdvisor):
             if tops and tops[0].candidates:
                 top = [(c.token or "", float(c.log_probability or 0.0)) for c in tops[0].candidates]
         usage = response.usage_metadata
-        return Generation(texts, top, int(getattr(usage, "total_token_count", 0) or 0))
+        # thinking tokens are billed as output
+        answer = int(getattr(usage, "candidates_token_count", 0) or 0) + int(
+            getattr(usage, "thoughts_token_count", 0) or 0
+        )
+        total, tokens_in, tokens_out = usage_tokens(
+            getattr(usage, "total_token_count", 0), getattr(usage, "prompt_token_count", 0), answer
+        )
+        return Generation(texts, top, total, tokens_in, tokens_out)

@@ -41,6 +41,7 @@ from sb3_vlm.advisors.prompted import (
     PromptedAdvisor,
     RetryDecision,
     retry_after_seconds,
+    usage_tokens,
 )
 from sb3_vlm.advisors.prompts import PromptTemplate
 
@@ -134,6 +135,7 @@ class OpenAIAdvisor(PromptedAdvisor):
         if endpoint_concurrency is not None and endpoint_concurrency < 1:
             raise ValueError(f"endpoint_concurrency must be >= 1, got {endpoint_concurrency}")
         self.model, self.detail = model, detail
+        self._check_pricing()
         self.base_url = urls[0] if len(urls) == 1 else ",".join(str(u) for u in urls)
         self.image_format = image_format
         key = api_key if api_key is not None else os.environ.get(api_key_env)
@@ -259,7 +261,12 @@ class OpenAIAdvisor(PromptedAdvisor):
         usage = getattr(response, "usage", None)
         texts = [c.message.content or "" for c in response.choices]
         top = _top_logprobs(response.choices[0]) if call.logprobs and response.choices else None
-        return Generation(texts, top, int(getattr(usage, "total_tokens", 0) or 0))
+        total, tokens_in, tokens_out = usage_tokens(
+            getattr(usage, "total_tokens", 0),
+            getattr(usage, "prompt_tokens", 0),
+            getattr(usage, "completion_tokens", 0),
+        )
+        return Generation(texts, top, total, tokens_in, tokens_out)
 
 
 def _top_logprobs(choice: Any) -> list[tuple[str, float]] | None:

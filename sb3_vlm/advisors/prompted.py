@@ -24,6 +24,7 @@ from sb3_vlm.advice import Advice, AdviceRequest
 from sb3_vlm.advisors.base import Advisor, NotAsked
 from sb3_vlm.advisors.deadline import DeadlineExceeded, request_deadline
 from sb3_vlm.advisors.parsing import MAX_ANSWER_CHARS, Parsed, parse_continuous, parse_discrete
+from sb3_vlm.advisors.pricing import CostBudget, Price, price_for
 from sb3_vlm.advisors.prompts import PromptTemplate
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,31 @@ def forget_logprobs_support() -> None:
 @dataclass
 class Generation:
     """One backend call's result: the answer texts (one per sample), the first token's top log-probabilities
-    (None when the backend gave none) and the tokens used."""
+    (None when the backend gave none) and the tokens used: in all, of the prompt and of the answers (a backend that
+    reports only a total counts it as prompt tokens)."""
 
     texts: list[str]
     top_logprobs: list[tuple[str, float]] | None = None
     tokens: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+def usage_tokens(total: Any, prompt: Any, answer: Any) -> tuple[int, int, int]:
+    """``(total, prompt, answer)`` tokens from a response's usage fields (None or missing: 0); a total without a
+    split counts as prompt tokens, a split without a total sums to one."""
+
+    def count(value: Any) -> int:
+        try:
+            number = int(value or 0)
+        except (TypeError, ValueError):
+            return 0
+        return max(number, 0)
+
+    total_n, prompt_n, answer_n = count(total), count(prompt), count(answer)
+    if not prompt_n and not answer_n:
+        prompt_n = total_n
+    return max(total_n, prompt_n + answer_n), prompt_n, answer_n
 
 
 @dataclass
@@ -168,6 +189,13 @@ class PromptedAdvisor(Advisor):
         deadline (the API advisors default to 30 s)
     :param max_answer_chars: longer answers are refused unread (invalid advice, counted in ``oversized`` and
         ``parse_failures``); None: no limit. :attr:`raw_chars` bounds what an answer keeps of its text
+    :param price: the model's price, a :class:`~sb3_vlm.advisors.pricing.Price` or ``(input, output)`` US dollars
+        per million tokens; None: the backend's model in :data:`~sb3_vlm.advisors.pricing.PRICES` (dated list
+        prices), else unknown (tokens are counted, ``cost_usd`` stays 0)
+    :param max_cost_usd: a hard budget in US dollars for the advisor's life: a request is sent only while what was
+        spent plus what the requests in flight and this one may cost at most stays within it
+        (:class:`~sb3_vlm.advisors.pricing.CostBudget`); afterwards requests get invalid advice at once (counted in
+        ``budget_skips``, logged once). Needs a price. None: no budget
 
     Every counter is explained in :data:`~sb3_vlm.advisors.base.COUNTERS`.
     """
@@ -196,6 +224,8 @@ class PromptedAdvisor(Advisor):
         rate_limit: float | None = None,
         timeout: float | None = None,
         max_answer_chars: int | None = MAX_ANSWER_CHARS,
+        price: Price | tuple[float, float] | None = None,
+        max_cost_usd: float | None = None,
     ):
         super().__init__()
         if distribution not in ("auto", "logprobs", "samples", "written"):
@@ -230,6 +260,15 @@ class PromptedAdvisor(Advisor):
         self.timeout, self.max_answer_chars = timeout, max_answer_chars
         self.oversized = 0
         self._redact_pattern: re.Pattern[str] | None = None
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.cost_usd = 0.0
+        self._price_override = None if price is None else price_for("", price)
+        if max_cost_usd is not None and not (isinstance(max_cost_usd, int | float) and 0 <= max_cost_usd < math.inf):
+            raise ValueError(f"max_cost_usd must be a finite number >= 0 (US dollars) or None, got {max_cost_usd!r}")
+        self.max_cost_usd = max_cost_usd
+        self._budget: CostBudget | None = None
+        self._usage = threading.local()  # the tokens of the request this thread is answering
 
     # ------------------------------------------------------------------ backend interface
 
@@ -322,8 +361,17 @@ class PromptedAdvisor(Advisor):
             return self._generate(request, call)
 
         generation = self._with_retries(attempt)
+        cost = 0.0 if self.price is None else self.price.cost(generation.tokens_in, generation.tokens_out)
         with self._lock:
             self.tokens += generation.tokens
+            self.tokens_in += generation.tokens_in
+            self.tokens_out += generation.tokens_out
+            self.cost_usd += cost
+        usage = self._usage.__dict__
+        if "tokens_in" in usage:  # a request under a dollar budget: settled when it ends
+            usage["tokens_in"] += generation.tokens_in
+            usage["tokens_out"] += generation.tokens_out
+            usage["calls"] += 1
         return generation
 
     def _use_logprobs(self) -> bool:
@@ -465,12 +513,45 @@ class PromptedAdvisor(Advisor):
         return None
 
     @property
+    def price(self) -> Price | None:
+        """The model's price: ``price=``, else the table's entry for the backend's model name (None: unknown)."""
+        if self._price_override is not None:
+            return self._price_override
+        name = getattr(self, "model", "")
+        return price_for(name) if isinstance(name, str) else None
+
+    def _check_pricing(self) -> None:
+        """Backends call this in ``__init__`` once ``model`` is set: a dollar budget needs a price (a clear error
+        at construction rather than an unbounded bill later; a backend that does not call it sends nothing under a
+        budget it cannot price)."""
+        if self.max_cost_usd is None:
+            return
+        price = self.price
+        if price is None:
+            raise ValueError(
+                f"max_cost_usd needs the price of {getattr(self, 'model', None)!r}, which "
+                "sb3_vlm.advisors.pricing.PRICES does not list: pass price=(input, output) in US dollars per million "
+                "tokens"
+            )
+        self._budget = CostBudget(self.max_cost_usd, price)
+
+    def _request_bound(self, request: AdviceRequest) -> tuple[int, int]:
+        """``(calls, answer tokens)`` one request may take at most: a describe-first stage adds a call, and for
+        discrete actions ``"auto"`` may need a written answer after a log-probability call."""
+        calls = 2 if self.prompt.describe_first else 1
+        discrete = isinstance(request.action_space, spaces.Discrete)
+        if discrete and self.distribution == "auto" and self._logprobs_supported is not True:
+            calls += 1
+        answers = self.n_samples if self.distribution == "samples" else 1
+        return calls, calls * answers * self.max_tokens
+
+    @property
     def circuit_open(self) -> bool:
         """Whether the breaker is holding requests back now (see ``breaker_failures``)."""
         return time.monotonic() < self._open_until
 
     def _admit(self) -> bool:
-        """Take one request from the budget (False once it is spent)."""
+        """Take one request from the query budget (False once it is spent)."""
         with self._lock:
             if self.max_queries is not None and self._sent >= self.max_queries:
                 self.budget_skips += 1
@@ -480,6 +561,42 @@ class PromptedAdvisor(Advisor):
                 return False
             self._sent += 1
             return True
+
+    def _skip_for_cost(self) -> None:
+        with self._lock:
+            self.budget_skips += 1
+            first = self.budget_skips == 1
+        if first:
+            logger.warning("%s: the budget of $%.4f is spent (or the next request could exceed it); training "
+                           "continues unguided", self.identity, self.max_cost_usd)  # fmt: skip
+
+    def _answer_within_budget(self, request: AdviceRequest) -> Advice:
+        """:meth:`_answer_one` under the dollar budget: reserve the request's most cost, answer, charge its usage."""
+        if self._budget is None and self.max_cost_usd is not None:  # a backend that did not call _check_pricing
+            with self._lock:
+                if self._budget is None and self.price is not None:
+                    self._check_pricing()
+            if self._budget is None:  # nothing can be priced: nothing is sent
+                self._skip_for_cost()
+                return NotAsked.invalid(source=self.identity, raw="cost budget without a price: not sent")
+        budget = self._budget
+        if budget is None:
+            return self._answer_one(request)
+        if self.circuit_open:  # the breaker's skip, not the budget's
+            return self._answer_one(request)
+        reserved = budget.reserve(*self._request_bound(request))
+        if reserved is None:
+            self._skip_for_cost()
+            return NotAsked.invalid(source=self.identity, raw="cost budget spent")
+        usage = self._usage.__dict__
+        usage.update(tokens_in=0, tokens_out=0, calls=0)
+        try:
+            return self._answer_one(request)
+        finally:
+            budget.settle(reserved, usage.pop("tokens_in"), usage.pop("tokens_out"), max(usage.pop("calls"), 1))
+            if budget.exceeded:
+                logger.error("%s: spent $%.4f of a $%.4f budget: one request costs more than the whole budget",
+                             self.identity, budget.spent, budget.max_usd)  # fmt: skip
 
     def _answer_one(self, request: AdviceRequest) -> Advice:
         if self.circuit_open:
@@ -511,16 +628,23 @@ class PromptedAdvisor(Advisor):
 
     def _advise(self, requests: Sequence[AdviceRequest]) -> list[Advice]:
         if len(requests) == 1 or self.concurrency == 1:
-            return [self._answer_one(r) for r in requests]
+            return [self._answer_within_budget(r) for r in requests]
         if self._pool is None:  # kept across batches: thread start-up is not free at 32 requests a step
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sb3-vlm-advisor")
-        return list(self._progress(self._pool.map(self._answer_one, requests), len(requests), len(requests)))
+        answers = self._pool.map(self._answer_within_budget, requests)
+        return list(self._progress(answers, len(requests), len(requests)))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_pool"], state["_lock"] = None, None  # recreated in the process that unpickles it
+        state["_pool"], state["_lock"], state["_usage"] = None, None, None  # recreated where it is unpickled
+        if state.get("_budget") is not None:  # a copy of the budget in another process would spend it twice
+            raise TypeError(
+                "a PromptedAdvisor with max_cost_usd cannot be copied into another process (each copy would spend "
+                "the whole budget): wrap the VecEnv with VecVLMAdviceWrapper, or use max_queries"
+            )
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._usage = threading.local()

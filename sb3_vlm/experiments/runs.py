@@ -134,23 +134,30 @@ _SETUP_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, ImportE
 _DEFAULT_KEY_ENVS = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
 
 
-def advisor_kwargs(spec: str, base_url: str | None = None, api_key_env: str | None = None) -> dict[str, Any]:
+def advisor_kwargs(
+    spec: str, base_url: str | None = None, api_key_env: str | None = None, max_cost_usd: float | None = None
+) -> dict[str, Any]:
     """
-    The keyword arguments of the API advisor that ``spec`` names: ``base_url`` and ``api_key_env`` (the name of the
-    variable holding the key, never the key), where given.
+    The keyword arguments of the API advisor that ``spec`` names: ``base_url``, ``api_key_env`` (the name of the
+    variable holding the key, never the key) and ``max_cost_usd``, where given.
 
     :param spec: an advisor spec (:data:`~sb3_vlm.advisors.factory.SPEC_HELP`)
     :param base_url: the server; None: the advisor's default (``OPENAI_BASE_URL`` / ``GOOGLE_GEMINI_BASE_URL``, else
         the provider's)
     :param api_key_env: the variable holding the key; None: the provider's (``OPENAI_API_KEY``, ``GEMINI_API_KEY``)
-    :raises ValueError: ``base_url`` or ``api_key_env`` given for an advisor that takes neither
+    :param max_cost_usd: a hard budget in US dollars (see :class:`~sb3_vlm.advisors.prompted.PromptedAdvisor`)
+    :raises ValueError: one of them given for an advisor that takes none
     """
     kind = spec.partition(":")[0]
     if kind not in _DEFAULT_KEY_ENVS:
-        if base_url or api_key_env:
-            raise ValueError(f"--base-url and --api-key-env are for openai: and gemini: advisors, not {spec!r}")
+        if base_url or api_key_env or max_cost_usd is not None:
+            raise ValueError(
+                f"--base-url, --api-key-env and --max-cost-usd are for openai: and gemini: advisors, not {spec!r}"
+            )
         return {}
     kwargs: dict[str, Any] = {}
+    if max_cost_usd is not None:
+        kwargs["max_cost_usd"] = max_cost_usd
     if base_url:
         kwargs["base_url"] = base_url
     if api_key_env:
@@ -276,6 +283,7 @@ def train(
     verbose: int = 0,
     base_url: str | None = None,
     api_key_env: str | None = None,
+    max_cost_usd: float | None = None,
     advice_wait: float | str = "auto",
     checkpoint_every: int = 0,
     resume: bool = False,
@@ -291,6 +299,9 @@ def train(
     :param env_kwargs: keyword arguments of the env's factory (e.g. ``student_obs="symbolic_partial"``)
     :param base_url: the advisor's server (``openai:`` and ``gemini:`` specs; see :func:`advisor_kwargs`)
     :param api_key_env: the variable holding the advisor's key (recorded by name; the key never is)
+    :param max_cost_usd: the advisor's hard budget in US dollars (``openai:`` and ``gemini:`` specs; a resumed run
+        goes on from what it had spent); the spending is in ``run.json``'s ``advisor_counters``
+        (``advisor/cost_usd``, ``advisor/tokens_in``, ``advisor/tokens_out``)
     :param advice_wait: GuidedPPO / GuidedA2C with non-blocking advice: the most seconds a rollout waits for answers
         still pending, or ``"auto"``: picked before each rollout's wait from the measured latency (see
         :class:`_AdviceWait`)
@@ -330,7 +341,7 @@ def train(
     if checkpoint_every < 0:
         raise RunSetupError(f"--checkpoint-every must be >= 0 env steps, got {checkpoint_every}")
     try:
-        api_kwargs = advisor_kwargs(spec, base_url, api_key_env) if guided else {}
+        api_kwargs = advisor_kwargs(spec, base_url, api_key_env, max_cost_usd) if guided else {}
     except ValueError as exc:
         raise RunSetupError(str(exc)) from None
     kind = spec.partition(":")[0]
@@ -415,6 +426,7 @@ def train(
         tensorboard=tensorboard,
         base_url=api_kwargs.get("base_url"),
         api_key_env=api_key_env,
+        max_cost_usd=max_cost_usd,
         advice_wait=advice_wait,
         checkpoint_every=checkpoint_every,
     )
