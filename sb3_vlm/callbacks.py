@@ -41,6 +41,7 @@ ADVISOR_KEYS = (
     "advisor/pending",
     "advisor/deduplicated",
     "advisor/overflow",
+    "advisor/query_skips",
 )
 
 
@@ -146,6 +147,7 @@ class AdviceMetricsCallback(BaseCallback):
             "advisor/circuit_skips": total["circuit_skips"],
             "advisor/budget_skips": total["budget_skips"],
             **{f"advisor/{key}": total.get(key, 0.0) for key in BACKGROUND_COUNTERS},
+            "advisor/query_skips": total.get("query_skips", 0.0),
         }
         already = self.logger.name_to_value
         for key, value in values.items():

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sb3_vlm.cli import main
 from tests.helpers import require_gl
@@ -41,6 +42,16 @@ def test_benchmark_quick_smoke(tmp_path: Path) -> None:
     assert (tmp_path / "LavaGap.png").stat().st_size > 10_000
     runs = json.loads((tmp_path / "LavaGap.json").read_text())
     assert len(runs) == 6 and all(r["curve_steps"] for r in runs)
+
+
+def test_query_budget_quick_smoke(tmp_path: Path) -> None:
+    _run_benchmark("query_budget", "--quick", "--envs", "LavaGapS7", out=tmp_path)
+    records = {r["policy"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
+    assert set(records) == {"every", "uncertainty:0.5+paced:20"}
+    every, paced = records["every"], records["uncertainty:0.5+paced:20"]
+    assert 0 < paced["queries"][0] <= 20 < every["queries"][0]  # the paced budget held; every distinct view is more
+    assert paced["query_ratio"] == pytest.approx(every["queries"][0] / paced["queries"][0])
+    assert (tmp_path / "query_budget.png").stat().st_size > 5_000
 
 
 def test_sac_benchmarks_quick_smoke(tmp_path: Path) -> None:

@@ -57,6 +57,9 @@ COUNTERS: dict[str, str] = {
     "teacher views: the reason is in the answer's raw text and the log)",
     "late": "pending answers given up on after max_wait by something that had to wait for them (current_advice, a "
     "step crossing a process boundary); the answer still reaches the cache when it comes",
+    # the advice wrappers' query selector (sb3_vlm.wrappers.selection)
+    "query_skips": "observations the query selector passed over: never asked about, not even looked up in the cache",
+    "query_selected": "observations the query selector chose to ask about (cache hits included)",
 }
 
 

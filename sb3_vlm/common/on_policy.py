@@ -35,6 +35,7 @@ from sb3_vlm.guidance.trust import (
     imitation_cap,
     row_gate,
 )
+from sb3_vlm.wrappers.selection import bind_learner
 
 #: the default λ of GuidedPPO / GuidedA2C: the *most* weight the teacher gets, reached only once the run's evidence
 #: has raised the trust τ to 1 (λ · τ starts at 0.2). Chosen by measurement (README, "Trust that adapts"): without the
@@ -169,6 +170,11 @@ class GuidedOnPolicyMixin:
         if self.trust is not None:
             coef *= fade_factor(self._current_progress_remaining, self.trust)
         return coef
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        out = super()._setup_learn(*args, **kwargs)  # type: ignore[misc]
+        bind_learner(getattr(self, "env", None), self)  # the advice wrappers' query selectors may ask the policy
+        return out
 
     def collect_rollouts(
         self,

@@ -306,6 +306,58 @@ def _through_closed_doors(state: MiniGridState) -> bool:
     return state.task == "keycorridor"
 
 
+_MOVABLE = (OBJECT_TO_IDX["key"], OBJECT_TO_IDX["ball"], OBJECT_TO_IDX["box"])
+
+
+def _may_move_objects(state: MiniGridState) -> bool:
+    # DoorKey and KeyCorridor: an agent can drop the key where it blocks the only way on (a doorway, KeyCorridor's
+    # one-cell-wide corridors); the plan then picks it up again. Never in Fetch, where picking up the wrong object
+    # ends the episode
+    return state.task in ("doorkey", "keycorridor")
+
+
+def _cells_reachable(passable: np.ndarray, start: tuple[int, int]) -> np.ndarray:
+    """Cells reachable from ``start`` through ``passable`` ones (4-neighbour flood fill; turning is free)."""
+    w, h = passable.shape
+    seen = np.zeros((w, h), dtype=bool)
+    seen[start] = True
+    queue: deque[tuple[int, int]] = deque([start])
+    while queue:
+        x, y = queue.popleft()
+        for dx, dy in _DIR_TO_VEC:
+            nx, ny = x + dx, y + dy
+            if 0 <= nx < w and 0 <= ny < h and passable[nx, ny] and not seen[nx, ny]:
+                seen[nx, ny] = True
+                queue.append((nx, ny))
+    return seen
+
+
+def _harmless_drop_cells(state: MiniGridState, targets: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """
+    Empty cells where an object put down does not cut the agent off from ``targets``: from every free cell next to
+    it (where the agent may stand to put it down), a cell next to a target stays reachable. So a plan that drops the
+    key in a one-cell-wide corridor drops it behind the agent, never between the agent and the ball, nor back where
+    it just picked it up.
+    """
+    grid = state.grid
+    w, h = grid.shape[:2]
+    through = _through_closed_doors(state)
+    passable = np.array([[_passable(grid[x, y], through) for y in range(h)] for x in range(w)])
+    passable[state.agent_pos] = True
+    near = {(tx + dx, ty + dy) for tx, ty in targets for dx, dy in _DIR_TO_VEC}
+    near = {(x, y) for x, y in near if 0 <= x < w and 0 <= y < h and passable[x, y]}
+    cells = []
+    for x, y in zip(*np.nonzero(grid[..., 0] == OBJECT_TO_IDX["empty"]), strict=True):
+        cell = (int(x), int(y))
+        blocked = passable.copy()
+        blocked[cell] = False
+        sides = [(x + dx, y + dy) for dx, dy in _DIR_TO_VEC]
+        sides = [(sx, sy) for sx, sy in sides if 0 <= sx < w and 0 <= sy < h and blocked[sx, sy]]
+        if sides and all(any(_cells_reachable(blocked, side)[c] for c in near - {cell}) for side in sides):
+            cells.append(cell)
+    return cells
+
+
 @dataclass
 class _Goal:
     """Planning target: states of distance 0 and the action to take there (None: being there is success)."""
@@ -358,19 +410,21 @@ def _goal_for(state: MiniGridState) -> _Goal | None:
             return _Goal(find(key), facing=True, final_action=PICKUP)
         if locked:
             return _Goal(locked, facing=True, final_action=TOGGLE)
+        target = find(state.target[0], color=state.target[1])
         if carrying_key:
-            return _Goal(find(OBJECT_TO_IDX["empty"]), facing=True, final_action=DROP)
-        return _Goal(find(state.target[0], color=state.target[1]), facing=True, final_action=PICKUP)
+            return _Goal(_harmless_drop_cells(state, target), facing=True, final_action=DROP)
+        return _Goal(target, facing=True, final_action=PICKUP)
     if state.task == "goal":
         cells = find(goal)
         return _Goal(cells, facing=False, final_action=None) if cells else None
     return None
 
 
-def shortest_path_distances(state: MiniGridState) -> tuple[np.ndarray, _Goal] | None:
+def shortest_path_distances(state: MiniGridState, movable: bool = False) -> tuple[np.ndarray, _Goal] | None:
     """
     Backward breadth-first search over (x, y, direction) with the moves left / right / forward.
 
+    :param movable: cells holding a key, ball or box count as passable (the plan picks the object up on the way)
     :return: distance-to-goal array (W, H, 4) with ``-1`` for unreachable, and the goal; None if the task has none
     """
     goal = _goal_for(state)
@@ -380,6 +434,8 @@ def shortest_path_distances(state: MiniGridState) -> tuple[np.ndarray, _Goal] | 
     w, h = grid.shape[:2]
     through = _through_closed_doors(state)
     passable = np.array([[_passable(grid[x, y], through) for y in range(h)] for x in range(w)])
+    if movable:
+        passable |= np.isin(grid[..., 0], _MOVABLE)
     passable[state.agent_pos] = True  # the agent's own cell is free (grid.encode() omits the agent)
     dist = np.full((w, h, 4), -1, dtype=np.int64)
     queue: deque[tuple[int, int, int]] = deque()
@@ -410,7 +466,11 @@ def shortest_path_distances(state: MiniGridState) -> tuple[np.ndarray, _Goal] | 
 
 
 def optimal_actions(state: MiniGridState) -> list[int]:
-    """All actions that start a shortest plan from the current state (empty when the task cannot be solved)."""
+    """
+    All actions that start a shortest plan from the current state (empty when the task cannot be solved). Where
+    only an object the agent dropped blocks the way (DoorKey, KeyCorridor) and its hands are free, the plan picks
+    it up on the way.
+    """
     planned = shortest_path_distances(state)
     if planned is None:
         return []
@@ -418,6 +478,12 @@ def optimal_actions(state: MiniGridState) -> list[int]:
     x, y = state.agent_pos
     d = state.agent_dir
     here = int(dist[x, y, d])
+    movable = False
+    if here < 0 and state.carrying is None and _may_move_objects(state):
+        replanned = shortest_path_distances(state, movable=True)
+        if replanned is not None and replanned[0][x, y, d] >= 0:
+            (dist, goal), movable = replanned, True
+            here = int(dist[x, y, d])
     if here < 0:
         # DynamicObstacles: moving balls can block every route for a moment; turning in place is the safe way to
         # wait (moving forward into a ball ends the episode with -1)
@@ -436,6 +502,8 @@ def optimal_actions(state: MiniGridState) -> list[int]:
             best.append(action)
     if FORWARD in best and _through_closed_doors(state) and _closed_door(state.grid[fx, fy]):
         best[best.index(FORWARD)] = TOGGLE  # the way on is through this door: open it first
+    if FORWARD in best and movable and int(state.grid[fx, fy, 0]) in _MOVABLE:
+        best[best.index(FORWARD)] = PICKUP  # the way on is through this object: take it along
     return best
 
 

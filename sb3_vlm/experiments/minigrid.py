@@ -26,6 +26,7 @@ from sb3_vlm.experiments.runner import steps_to_threshold
 from sb3_vlm.guidance.schedules import CoefSchedule, KickstartingCoef
 from sb3_vlm.ppo import GuidedPPO
 from sb3_vlm.wrappers import VLMAdviceWrapper
+from sb3_vlm.wrappers.selection import QuerySelector
 
 AlgoName = Literal["ppo", "a2c"]
 
@@ -119,6 +120,7 @@ def build_model(
     student_obs: str = STUDENT_OBS,
     advisor: Advisor | None = None,
     guided_kwargs: dict[str, Any] | None = None,
+    query: QuerySelector | None = None,
 ) -> BaseAlgorithm:
     """
     Build a seeded (Guided)PPO / (Guided)A2C on ``N_ENVS`` copies of a MiniGrid task.
@@ -126,6 +128,7 @@ def build_model(
     :param advisor: the teacher (default: the oracle made ``reliability`` reliable)
     :param teacher_coef: the guided algorithm's λ; None: its own default
     :param guided_kwargs: extra arguments of the guided algorithm (``teacher_coef`` is passed on its own)
+    :param query: which views the advice wrappers ask about (one selector shared by the envs); None: every view
     """
     env_kwargs: dict[str, Any] = dict(env_id=env_id, student_obs=student_obs)
     wrapper_class = None
@@ -135,6 +138,7 @@ def build_model(
         wrapper_kwargs = dict(
             advisor=advisor if advisor is not None else make_advisor(reliability, seed),
             cache=cache if cache is not None else AdviceCache(),
+            query=query,
         )
     vec_env = make_vec_env(
         make_minigrid_env,  # type: ignore[arg-type]

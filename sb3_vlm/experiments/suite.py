@@ -39,6 +39,7 @@ from sb3_vlm.advisors.cache import AdviceCache
 from sb3_vlm.advisors.scripted import ConstantAdvisor, NoisyAdvisor, ProjectedGridKey
 from sb3_vlm.experiments.runner import steps_to_threshold
 from sb3_vlm.guidance.trust import TrustSettings
+from sb3_vlm.wrappers.selection import selector_from_spec
 
 ADVISORS: tuple[str, ...] = ("r1.0", "r0.8", "r0.5", "adversarial", "constant")
 UNGUIDED = "none"
@@ -90,6 +91,21 @@ ENVS: dict[str, SuiteEnv] = {
         SuiteEnv("Reacher", "continuous", "Reacher-v5", 30_000, ("sac",), random_return=-43.9),
     )
 }
+
+#: envs other benchmarks run through :func:`run_one` that are not in the suite (the query-budget benchmark's)
+EXTRA_ENVS: dict[str, SuiteEnv] = {
+    "GoToDoor-8x8": SuiteEnv("GoToDoor-8x8", "discrete", "MiniGrid-GoToDoor-8x8-v0", 100_000, ("ppo",)),
+}
+
+
+def env_spec(name: str) -> SuiteEnv:
+    """The suite env, or extra env, called ``name``."""
+    if name in ENVS:
+        return ENVS[name]
+    if name in EXTRA_ENVS:
+        return EXTRA_ENVS[name]
+    raise KeyError(f"unknown env {name!r}; choose from {[*ENVS, *EXTRA_ENVS]}")
+
 
 #: SAC on the MuJoCo state tasks, the same for guided and unguided runs. rl-baselines3-zoo has no SAC entry for these
 #: tasks; its MuJoCo entries are SB3's defaults with a 10k-step warm-up for 1M-step runs, so: SB3's defaults, with a
@@ -159,7 +175,7 @@ def _discrete_run(job: dict[str, Any]) -> dict[str, Any]:
     from sb3_vlm.envs.minigrid import MiniGridOracle
     from sb3_vlm.experiments.minigrid import EpisodeCurveCallback, build_model, evaluation_returns
 
-    env = ENVS[job["env"]]
+    env = env_spec(job["env"])
     guided = job["advisor"] != UNGUIDED
     cache = AdviceCache()
     advisor = make_advisor(job["advisor"], MiniGridOracle(), "discrete", job["seed"]) if guided else None
@@ -177,6 +193,7 @@ def _discrete_run(job: dict[str, Any]) -> dict[str, Any]:
         cache=cache,
         advisor=advisor,
         guided_kwargs=kwargs,
+        query=selector_from_spec(job["query"]) if guided and job.get("query") else None,
     )
     trace = GuidanceTrace()
     curve = EpisodeCurveCallback(window=50, record_every=2048)
@@ -187,6 +204,7 @@ def _discrete_run(job: dict[str, Any]) -> dict[str, Any]:
         curve_returns=curve.means,
         eval_return=float(np.mean(final)),
         trace=trace.rows,
+        queries=advisor.stats.queries if advisor is not None else 0,  # views that reached the teacher (cache misses)
     )
 
 
@@ -216,13 +234,18 @@ def _continuous_run(job: dict[str, Any]) -> dict[str, Any]:
     from sb3_vlm.sac import GuidedSAC
     from sb3_vlm.wrappers.advice import VLMAdviceWrapper
 
-    oracle, make_env, make_eval_env, sac_kwargs = _continuous_setup(ENVS[job["env"]])
+    oracle, make_env, make_eval_env, sac_kwargs = _continuous_setup(env_spec(job["env"]))
     guided = job["advisor"] != UNGUIDED
     trace = GuidanceTrace()
     curve = EvalCurveCallback(every=1000, episodes=5, seed=job["seed"], make_env=make_eval_env)
+    advisor = None
     if guided:
         advisor = make_advisor(job["advisor"], oracle, "continuous", job["seed"])
-        env = VLMAdviceWrapper(Monitor(make_env()), advisor)
+        query = selector_from_spec(job["query"]) if job.get("query") else None
+        # the query benchmark counts distinct views asked about, so it puts a cache in front (the suite's own runs
+        # keep none, as they were measured)
+        cache = AdviceCache() if query is not None else None
+        env = VLMAdviceWrapper(Monitor(make_env()), advisor, cache=cache, query=query)
         model: Any = GuidedSAC("MlpPolicy", env, seed=job["seed"], **sac_kwargs, **(job.get("guided_kwargs") or {}))
     else:
         model = SAC("MlpPolicy", Monitor(make_env()), seed=job["seed"], **sac_kwargs)
@@ -232,6 +255,7 @@ def _continuous_run(job: dict[str, Any]) -> dict[str, Any]:
         curve_returns=curve.returns,
         eval_return=float(np.mean(curve.returns[-2:])) if curve.returns else float("nan"),
         trace=trace.rows,
+        queries=advisor.stats.queries if advisor is not None else 0,
     )
 
 
@@ -279,7 +303,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     import torch as th
 
     th.set_num_threads(1)
-    env = ENVS[job["env"]]
+    env = env_spec(job["env"])
     out = _discrete_run(job) if env.family == "discrete" else _continuous_run(job)
     return dict(job, **out, wall_time=time.time() - start)
 
@@ -287,7 +311,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 def job_key(job: dict[str, Any]) -> tuple[Any, ...]:
     """A run's identity (job or result): what resuming compares."""
     kwargs = json.dumps(job.get("guided_kwargs") or {}, sort_keys=True)
-    return (job["algo"], job["env"], job["advisor"], job["seed"], job["steps"], kwargs)
+    key: tuple[Any, ...] = (job["algo"], job["env"], job["advisor"], job["seed"], job["steps"], kwargs)
+    return (*key, job["query"]) if job.get("query") else key  # the suite's own runs have none
 
 
 def threshold_for(unguided_final: float, random_return: float, best_final: float | None = None) -> float:
@@ -335,8 +360,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
         threshold = threshold_for(u_final, env.random_return, best)
 
-        g_steps, g_censored = _steps_to(group, threshold)
-        u_steps, u_censored = _steps_to(unguided, threshold)
+        g_steps, g_censored = censored_steps(group, threshold)
+        u_steps, u_censored = censored_steps(unguided, threshold)
         g_final = [r["eval_return"] for r in group]
         u_eval = [r["eval_return"] for r in unguided]
         records.append(
@@ -361,7 +386,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return records
 
 
-def _steps_to(runs: list[dict[str, Any]], threshold: float) -> tuple[list[int], list[bool]]:
+def censored_steps(runs: list[dict[str, Any]], threshold: float) -> tuple[list[int], list[bool]]:
     """Steps to ``threshold`` per run, the budget where it never got there, and which runs were censored."""
     found = [steps_to_threshold(r["curve_steps"], r["curve_returns"], threshold, hold=HOLD_POINTS) for r in runs]
     return [s if s is not None else r["steps"] for s, r in zip(found, runs, strict=True)], [s is None for s in found]
@@ -398,10 +423,13 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
 __all__ = [
     "ADVISORS",
     "ENVS",
+    "EXTRA_ENVS",
     "MUJOCO_SAC_KWARGS",
     "UNGUIDED",
     "SuiteEnv",
+    "censored_steps",
     "default_view_key",
+    "env_spec",
     "job_key",
     "make_advisor",
     "markdown_table",

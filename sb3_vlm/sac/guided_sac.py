@@ -43,6 +43,8 @@ from sb3_vlm.sac.terms import (
     VPGTerm,
     ver_settings,
 )
+from sb3_vlm.wrappers.selection import bind_learner
+from sb3_vlm.wrappers.vec_advice import current_advice_of
 
 SelfGuidedSAC = TypeVar("SelfGuidedSAC", bound="GuidedSAC")
 
@@ -449,7 +451,7 @@ class GuidedSAC(SAC):
         """Advice for the observations about to be acted on (from the wrapper's ``current_advice``), env units."""
         assert self.env is not None
         try:
-            advices = self.env.get_attr("current_advice")
+            advices = current_advice_of(self.env)
         except AttributeError:
             warnings.warn("advice_warmup/advice_exploration need a VLMAdviceWrapper in the env; disabled", stacklevel=3)
             self.advice_warmup, self.advice_exploration = False, None
@@ -811,3 +813,8 @@ class GuidedSAC(SAC):
     ) -> SelfGuidedSAC:
         # only the default TensorBoard run name differs from SAC's
         return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        out = super()._setup_learn(*args, **kwargs)
+        bind_learner(self.env, self)  # the advice wrappers' query selectors may ask the policy (sb3-vlm)
+        return out

@@ -27,6 +27,7 @@ from sb3_vlm.advisors.base import (
     restore_counters,
 )
 from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
+from sb3_vlm.wrappers.selection import EveryK, QueryBatch, QuerySelector, resolve_selector
 
 TeacherView = Callable[[gym.Env, Any], AdviceRequest]
 
@@ -74,24 +75,36 @@ def background_for(
     return BackgroundAdvisor(resolved, **bounds) if non_blocking else None
 
 
-def advice_counters_with(advisor: Advisor, background: BackgroundAdvisor | None) -> tuple[str, dict[str, float]]:
+def advice_counters_with(
+    advisor: Advisor, background: BackgroundAdvisor | None, selector: QuerySelector | None = None
+) -> tuple[str, dict[str, float]]:
     """A wrapper's counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback` (and checkpoints), with its
-    background queue's and the details a resumed run needs (:func:`~sb3_vlm.advisors.base.counter_details`)."""
+    background queue's, its query selector's (``query_skips``: views it did not ask about) and the details a resumed
+    run needs (:func:`~sb3_vlm.advisors.base.counter_details`)."""
     key, counters = advice_counters(advisor)
     counters.update(counter_details(advisor))
     if background is not None:
         counters.update(background.counters())
         key += f":{id(background)}"
+    if selector is not None:
+        counters["query_skips"] = float(selector.considered - selector.selected)
+        counters["query_selected"] = float(selector.selected)
     return key, counters
 
 
 def restore_counters_with(
-    advisor: Advisor, background: BackgroundAdvisor | None, counters: Mapping[str, float]
+    advisor: Advisor,
+    background: BackgroundAdvisor | None,
+    counters: Mapping[str, float],
+    selector: QuerySelector | None = None,
 ) -> None:
     """Go on counting from ``counters`` (what :func:`advice_counters_with` gave, saved in a checkpoint)."""
     restore_counters(advisor, counters)
     if background is not None:
         background.restore_counters(counters)
+    if selector is not None and "query_selected" in counters:
+        selector.selected = int(counters["query_selected"])
+        selector.considered = selector.selected + int(counters.get("query_skips", 0))
 
 
 def fit_teacher_view(env: gym.Env, advisor: Advisor) -> None:
@@ -130,7 +143,10 @@ class VLMAdviceWrapper(gym.Wrapper):
     :param env: the environment
     :param advisor: who answers (scripted, API or local VLM)
     :param query_every: ask on every k-th step of an episode (k a positive int), starting with its first observation
-        (ERPv queries every 10 frames); other steps carry invalid advice
+        (ERPv queries every 10 frames); other steps carry invalid advice. Shorthand for ``query=EveryK(k)``
+    :param query: which views to ask about (:mod:`sb3_vlm.wrappers.selection`: novelty, the learner's uncertainty, a
+        paced budget ...); the views it passes over carry invalid advice and cost nothing. None:
+        ``EveryK(query_every)``
     :param teacher_view: ``f(env, obs) -> AdviceRequest``: what the teacher sees (default:
         :func:`default_teacher_view`)
     :param cache: an :class:`AdviceCache`, a path to one, or None for no cache
@@ -157,6 +173,7 @@ class VLMAdviceWrapper(gym.Wrapper):
         max_queued: int = 100_000,
         max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
         max_wait: float = DEFAULT_MAX_WAIT,
+        query: QuerySelector | None = None,
     ):
         # Not a RecordConstructorArgs wrapper on purpose: Gymnasium deep-copies recorded arguments whenever `env.spec`
         # is read, and an advisor may hold a multi-GB model or an API client. So the env spec cannot re-create it.
@@ -168,13 +185,19 @@ class VLMAdviceWrapper(gym.Wrapper):
             max_wait=max_wait,
         )  # fmt: skip
         self.query_every = int(query_every)
+        self.query_selector = resolve_selector(query, self.query_every)
         self.teacher_view = teacher_view or default_teacher_view
         fit_teacher_view(env, advisor)
         self.info_key = info_key
         self._episode_step = 0
+        self._env_steps = 0
         self._current: Advice | None = None
         self._current_request: AdviceRequest | None = None
-        self.n_skipped = 0
+
+    @property
+    def n_skipped(self) -> int:
+        """Observations the query selector passed over."""
+        return self.query_selector.considered - self.query_selector.selected
 
     @property
     def current_advice(self) -> Advice | None:
@@ -201,20 +224,43 @@ class VLMAdviceWrapper(gym.Wrapper):
 
     def advice_counters(self) -> tuple[str, dict[str, float]]:
         """This wrapper's advisor counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`."""
-        return advice_counters_with(self.advisor, self.background)
+        return advice_counters_with(self.advisor, self.background, self.query_selector)
 
     def restore_advice_counters(self, counters: Mapping[str, float]) -> None:
         """Go on counting from ``counters`` (what :meth:`advice_counters` gave, saved in a checkpoint)."""
-        restore_counters_with(self.advisor, self.background, counters)
+        restore_counters_with(self.advisor, self.background, counters, self.query_selector)
 
-    def _advice_for(self, obs: Any) -> Advice:
-        self._current_request = None
-        if self._episode_step % self.query_every != 0:
-            self.n_skipped += 1
-            return Advice.invalid(source="skipped")
+    def _view(self, obs: Any) -> AdviceRequest:
         request = self.teacher_view(self.env, obs)
         if request.action_space is None:
             request.action_space = self.env.action_space
+        return request
+
+    def _selected(self, obs: Any) -> tuple[bool, AdviceRequest | None]:
+        """Whether the selector asks about ``obs``, and its view where one was built for the decision."""
+        selector = self.query_selector
+        if type(selector) is EveryK:  # the default: no batch to build on every step
+            keep = self._episode_step % selector.k == 0
+            selector.considered += 1
+            selector.selected += int(keep)
+            return keep, None
+        views: list[AdviceRequest] = []
+
+        def view(_: int) -> AdviceRequest:
+            if not views:
+                views.append(self._view(obs))
+            return views[0]
+
+        steps = np.array([self._episode_step])
+        batch = QueryBatch(np.zeros(1, dtype=np.int64), steps, [obs], view, self._env_steps)
+        return bool(selector(batch)[0]), views[0] if views else None
+
+    def _advice_for(self, obs: Any) -> Advice:
+        self._current_request = None
+        keep, request = self._selected(obs)
+        if not keep:
+            return Advice.invalid(source="skipped")
+        request = request if request is not None else self._view(obs)
         self._current_request = request
         if self.background is not None:
             return self.background.submit([request])[0]
@@ -234,6 +280,7 @@ class VLMAdviceWrapper(gym.Wrapper):
         if self._current_request is not None:
             info[REQUEST_INFO_KEY] = self._current_request
         self._episode_step += 1
+        self._env_steps += 1
         self._current = None if (terminated or truncated) else self._advice_for(obs)
         return obs, reward, terminated, truncated, info
 

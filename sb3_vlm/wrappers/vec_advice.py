@@ -13,10 +13,11 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest
-from sb3_vlm.advisors.background import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WAIT
+from sb3_vlm.advisors.background import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WAIT, QueuedAdvice
 from sb3_vlm.advisors.base import Advisor, AdvisorStats, preferred_view_size
 from sb3_vlm.advisors.cache import AdviceCache
 from sb3_vlm.wrappers.advice import advice_counters_with, background_for, resolve_advisor, restore_counters_with
+from sb3_vlm.wrappers.selection import QueryBatch, QuerySelector, resolve_selector
 
 VecTeacherView = Callable[[VecEnv, int, Any], AdviceRequest]
 
@@ -47,6 +48,10 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         ``teacher_request()`` through ``env_method``)
     :param advisor: who answers
     :param query_every: ask on every k-th step of each episode (k a positive int); other steps carry invalid advice
+        (shorthand for ``query=EveryK(k)``)
+    :param query: which views to ask about (:mod:`sb3_vlm.wrappers.selection`); it sees all the envs due for
+        advice in one batch and, being in the main process, the learner (for :class:`~sb3_vlm.wrappers.selection.
+        Uncertainty`). None: ``EveryK(query_every)``
     :param teacher_view: ``f(venv, index, obs) -> AdviceRequest`` (default :func:`default_vec_teacher_view`)
     :param cache: an :class:`AdviceCache`, a path, or None
     :param info_key: the info key
@@ -71,6 +76,7 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         max_queued: int = 100_000,
         max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
         max_wait: float = DEFAULT_MAX_WAIT,
+        query: QuerySelector | None = None,
     ):
         super().__init__(venv)
         self.advisor: Advisor = resolve_advisor(advisor, query_every, cache)
@@ -79,6 +85,7 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
             max_wait=max_wait,
         )  # fmt: skip
         self.query_every = int(query_every)
+        self.query_selector = resolve_selector(query, self.query_every)
         self.teacher_view = teacher_view or default_vec_teacher_view
         size = preferred_view_size(advisor)
         if size is not None and venv.has_attr("prefer_view_size"):  # see wrappers.advice.fit_teacher_view
@@ -87,8 +94,28 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         self.episode_steps = np.zeros(self.num_envs, dtype=np.int64)
         self.current: list[Advice] = [Advice.invalid(source="not-reset") for _ in range(self.num_envs)]
         self.current_requests: list[AdviceRequest | None] = [None] * self.num_envs
-        self.n_skipped = 0
         self.n_batches = 0
+        self._env_steps = 0
+
+    @property
+    def n_skipped(self) -> int:
+        """Observations the query selector passed over."""
+        return self.query_selector.considered - self.query_selector.selected
+
+    @property
+    def current_advice(self) -> list[Advice]:
+        """Advice for the observations the envs are about to act on, one per env (what
+        :attr:`VLMAdviceWrapper.current_advice <sb3_vlm.wrappers.VLMAdviceWrapper.current_advice>` is for one env):
+        a pending answer is waited for, at most ``max_wait`` seconds, then invalid advice."""
+        out = []
+        for i, current in enumerate(self.current):
+            if isinstance(current, QueuedAdvice):
+                answer = current.wait()
+                if current.done():
+                    self.current[i] = answer
+                current = answer
+            out.append(current)
+        return out
 
     @property
     def advisor_stats(self) -> AdvisorStats:
@@ -96,30 +123,46 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
 
     def advice_counters(self) -> tuple[str, dict[str, float]]:
         """This wrapper's advisor counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`."""
-        return advice_counters_with(self.advisor, self.background)
+        return advice_counters_with(self.advisor, self.background, self.query_selector)
 
     def restore_advice_counters(self, counters: Mapping[str, float]) -> None:
         """Go on counting from ``counters`` (what :meth:`advice_counters` gave, saved in a checkpoint)."""
-        restore_counters_with(self.advisor, self.background, counters)
+        restore_counters_with(self.advisor, self.background, counters, self.query_selector)
+
+    def _view(self, obs: VecEnvObs, i: int) -> AdviceRequest:
+        obs_i = {k: v[i] for k, v in obs.items()} if isinstance(obs, dict) else obs[i]  # type: ignore[index]
+        request = self.teacher_view(self.venv, i, obs_i)
+        if request.action_space is None:
+            request.action_space = self.action_space
+        return request
 
     def _refresh(self, obs: VecEnvObs, indices: list[int]) -> None:
-        """New advice for the envs in ``indices`` (those due a query), one advise() call."""
-        due = [i for i in indices if self.episode_steps[i] % self.query_every == 0]
-        for i in indices:
+        """New advice for the envs in ``indices``: the query selector picks those to ask about, one advise() call."""
+        views: dict[int, AdviceRequest] = {}
+
+        def view(j: int) -> AdviceRequest:
+            if j not in views:
+                views[j] = self._view(obs, indices[j])
+            return views[j]
+
+        rows = [{k: v[i] for k, v in obs.items()} if isinstance(obs, dict) else obs[i] for i in indices]  # type: ignore[index]
+        batch = QueryBatch(
+            np.asarray(indices, dtype=np.int64), self.episode_steps[indices], rows, view, self._env_steps
+        )
+        keep = self.query_selector(batch)
+        due = [i for i, k in zip(indices, keep, strict=True) if k]
+        for j, i in enumerate(indices):
             self.current_requests[i] = None
-            if i not in due:
+            if not keep[j]:
                 self.current[i] = Advice.invalid(source="skipped")
-                self.n_skipped += 1
         if not due:
             return
         requests = []
-        for i in due:
-            obs_i = {k: v[i] for k, v in obs.items()} if isinstance(obs, dict) else obs[i]  # type: ignore[index]
-            request = self.teacher_view(self.venv, i, obs_i)
-            if request.action_space is None:
-                request.action_space = self.action_space
-            self.current_requests[i] = request
-            requests.append(request)
+        for j, i in enumerate(indices):
+            if keep[j]:
+                request = view(j)
+                self.current_requests[i] = request
+                requests.append(request)
         self.n_batches += 1
         answers = self.advisor.advise(requests) if self.background is None else self.background.submit(requests)
         for i, advice in zip(due, answers, strict=True):
@@ -138,6 +181,7 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
             if self.current_requests[i] is not None:
                 info[REQUEST_INFO_KEY] = self.current_requests[i]
         self.episode_steps += 1
+        self._env_steps += self.num_envs
         self.episode_steps[dones] = 0  # auto-reset: obs[i] is the next episode's first observation
         self._refresh(obs, list(range(self.num_envs)))
         return obs, rewards, dones, infos
@@ -146,6 +190,22 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         if self.background is not None:
             self.background.close()
         super().close()
+
+
+def current_advice_of(env: VecEnv) -> list[Advice]:
+    """
+    The advice for the observations each env of ``env`` is about to act on: from a
+    :class:`VecVLMAdviceWrapper` in ``env``'s wrapper stack, else from each env's
+    :class:`~sb3_vlm.wrappers.VLMAdviceWrapper` (``current_advice``).
+
+    :raises AttributeError: ``env`` has no advice wrapper
+    """
+    current: Any = env
+    while isinstance(current, VecEnvWrapper):
+        if isinstance(current, VecVLMAdviceWrapper):
+            return current.current_advice
+        current = current.venv
+    return env.get_attr("current_advice")
 
 
 def restore_advice_counters(env: VecEnv, saved: Mapping[str, Mapping[str, float]]) -> int:
