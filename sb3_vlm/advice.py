@@ -117,7 +117,7 @@ class AdviceRequest:
                 h.update(f"{img.shape}{img.dtype}".encode())
                 h.update(img.tobytes())
         h.update(b"\x00")
-        h.update(json.dumps(self.context, sort_keys=True, default=str).encode())
+        h.update(_CONTEXT_JSON.encode(self.context).encode())
         return h.hexdigest()
 
     def __eq__(self, other: object) -> bool:
@@ -193,6 +193,11 @@ def _read_only(array: np.ndarray | None, copy: bool = True) -> np.ndarray | None
         out = out.copy() if copy else out
         out.flags.writeable = False
     return out
+
+
+#: ``json.dumps(context, sort_keys=True, default=str)`` without building an encoder per call (same text: the key
+#: of every cached row stays what it was; half the time of a cache key on MiniGrid)
+_CONTEXT_JSON = json.JSONEncoder(sort_keys=True, default=str)
 
 
 @dataclass(eq=False, frozen=True)
@@ -401,8 +406,23 @@ def advice_to_target(advice: Advice | None, action_space: spaces.Space) -> tuple
     answer must never become a silent wrong target, nor crash the buffer. Answers that come through
     :meth:`Advisor.advise <sb3_vlm.advisors.base.Advisor.advise>` were checked there already (and counted).
 
-    :return: (target row, valid flag)
+    The row of a valid answer is computed once per answer and space, and kept on the (immutable) answer: a cached
+    answer is one object however often it is served, so a hit costs no validation and no conversion.
+
+    :return: (target row, valid flag); the row is read-only when it comes from that memo
     """
+    if advice is not None and advice.valid:
+        memo = advice.__dict__.get("_target_row")
+        if memo is not None and (memo[0] is action_space or memo[0] == action_space):
+            return memo[1], True
+    row, valid = _advice_to_target(advice, action_space)
+    if valid and advice is not None:
+        row.flags.writeable = False
+        object.__setattr__(advice, "_target_row", (action_space, row))
+    return row, valid
+
+
+def _advice_to_target(advice: Advice | None, action_space: spaces.Space) -> tuple[np.ndarray, bool]:
     dim = advice_target_dim(action_space)
     empty = np.zeros(dim, dtype=np.float32)
     if advice is None or not advice.valid:

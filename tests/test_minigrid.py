@@ -18,6 +18,7 @@ from sb3_vlm.envs.minigrid import (
     LEFT,
     PICKUP,
     RIGHT,
+    GridEncodingMemo,
     MiniGridOracle,
     MiniGridState,
     MiniGridTeacherView,
@@ -137,6 +138,30 @@ def test_oracle_recovers_from_any_state_a_learner_reaches_a_dropped_key_in_the_w
             ret, t, done = ret + float(r), t + 1, terminated or truncated
         successes.append(ret > 0)
     assert unplanned == 0 and all(successes)
+
+
+@pytest.mark.parametrize("env_id", ["MiniGrid-DoorKey-8x8-v0", "MiniGrid-KeyCorridorS3R1-v0"])
+def test_grid_encoding_memo_matches_a_fresh_encoding_through_pickups_drops_toggles_and_resets(env_id: str) -> None:
+    """Issue 18, item 3: the teacher view encoded the whole grid on every step for its content key."""
+    env = make_minigrid_env(env_id, student_obs="symbolic")
+    memo = GridEncodingMemo()
+    rng = np.random.default_rng(1)
+    reused = recomputed = 0
+    for episode in range(6):
+        env.reset(seed=episode)
+        memo.new_episode()
+        previous = None
+        for _ in range(150):
+            u: Any = env.unwrapped
+            encoding = memo.encode(u.grid)
+            np.testing.assert_array_equal(encoding, encode_grid(u.grid))
+            reused += encoding is previous
+            recomputed += encoding is not previous
+            previous = encoding
+            _, _, terminated, truncated, _ = env.step(int(rng.integers(6)))  # pick-ups, drops and toggles too
+            if terminated or truncated:
+                break
+    assert reused > 3 * recomputed  # most steps change nothing in the grid
 
 
 def test_oracle_picks_up_a_key_dropped_in_the_doorway() -> None:

@@ -530,7 +530,11 @@ class CachedAdvisor(Advisor):
             self.stats.refusal_hits += 1
         if advice.latency == 0.0:
             return advice
-        return replace(advice, latency=0.0)  # a hit costs no time
+        advice = replace(advice, latency=0.0)  # a hit costs no time
+        with self.cache._lock:  # and the next hit of this key needs no copy (the decoded answer kept in memory)
+            if key in self.cache._recent:
+                self.cache._remember(key, advice)
+        return advice
 
     def _refusals(self) -> RefusalMemory:
         # a CachedAdvisor pickled before refusals were remembered (a checkpoint) has none yet

@@ -94,15 +94,16 @@ def encode_grid(grid: Grid) -> np.ndarray:
     return out
 
 
-def minigrid_state(env: gym.Env) -> MiniGridState:
-    """Snapshot the state of a (possibly wrapped) MiniGrid env for :class:`MiniGridOracle`."""
+def minigrid_state(env: gym.Env, grid: np.ndarray | None = None) -> MiniGridState:
+    """Snapshot the state of a (possibly wrapped) MiniGrid env for :class:`MiniGridOracle`; ``grid``: its
+    :func:`encode_grid` where the caller has it already."""
     u: Any = env.unwrapped
     task, target = _task_of(u)
     carrying = None
     if u.carrying is not None:
         carrying = (OBJECT_TO_IDX[u.carrying.type], COLOR_TO_IDX[u.carrying.color])
     return MiniGridState(
-        grid=encode_grid(u.grid),
+        grid=encode_grid(u.grid) if grid is None else grid,
         agent_pos=(int(u.agent_pos[0]), int(u.agent_pos[1])),
         agent_dir=int(u.agent_dir),
         carrying=carrying,
@@ -138,6 +139,48 @@ def view_content_key(state: MiniGridState, mission: str, tile_size: int) -> str:
 TEACHER_TILE_SIZE = 8
 
 
+class GridEncodingMemo:
+    """
+    :func:`encode_grid` of a grid, reused while the grid holds the same objects in the same cells and its doors and
+    boxes the same states (the agent turning and walking, most steps, changes none of that; its position is not in
+    the encoding). The fingerprint is each cell's object identity plus the doors' open / locked flags and what the
+    boxes hold, within one episode: a few microseconds against ~20 for the encoding of a 7x7 grid. The memo keeps
+    the objects it fingerprinted alive, so no identity in it can be reused by a new object; an env that recolours
+    or retypes an object in place (none of MiniGrid's) would need a fresh memo.
+    """
+
+    def __init__(self) -> None:
+        self.episode = 0
+        self._key: tuple[Any, ...] | None = None
+        self._stateful: list[Any] = []
+        self._states: tuple[Any, ...] = ()
+        self._encoding: np.ndarray | None = None
+        self._objects: tuple[Any, ...] = ()
+
+    def new_episode(self) -> None:
+        self.episode += 1
+        self._key = None
+
+    def encode(self, grid: Grid) -> np.ndarray:
+        cells = grid.grid
+        key = (self.episode, id(grid), tuple(map(id, cells)))
+        if key == self._key and self._encoding is not None:
+            states = tuple(_object_state(obj) for obj in self._stateful)
+            if states == self._states:
+                return self._encoding
+        self._key = key
+        self._objects = (grid, list(cells))  # alive while their identities are in the key
+        self._stateful = [obj for obj in cells if obj is not None and obj.type in ("door", "box")]
+        self._states = tuple(_object_state(obj) for obj in self._stateful)
+        self._encoding = encode_grid(grid)
+        return self._encoding
+
+
+def _object_state(obj: Any) -> tuple[Any, ...]:
+    """What of an object can change in place: a door's flags, what a box holds."""
+    return (getattr(obj, "is_open", None), getattr(obj, "is_locked", None), id(getattr(obj, "contains", None)))
+
+
 class MiniGridTeacherView(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """
     Give the teacher a fully observable RGB render of the grid plus the mission (LVLM2P's setup).
@@ -161,6 +204,11 @@ class MiniGridTeacherView(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.fixed_tile_size = tile_size is not None
         self.tile_size = TEACHER_TILE_SIZE if tile_size is None else int(tile_size)
         self.content_key = content_key
+        self._grid_memo = GridEncodingMemo()
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        self._grid_memo.new_episode()
+        return self.env.reset(**kwargs)
 
     def prefer_view_size(self, pixels: int | None) -> int:
         """
@@ -177,7 +225,7 @@ class MiniGridTeacherView(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def teacher_request(self) -> AdviceRequest:
         u: Any = self.env.unwrapped
-        state = minigrid_state(self.env)
+        state = minigrid_state(self.env, self._grid_memo.encode(u.grid))
         carrying = "nothing" if u.carrying is None else f"{u.carrying.color} {u.carrying.type}"
         context = {"mission": u.mission, "carrying": carrying}
         if not self.content_key:

@@ -231,7 +231,19 @@ class VLMAdviceWrapper(gym.Wrapper):
         restore_counters_with(self.advisor, self.background, counters, self.query_selector)
 
     def _view(self, obs: Any) -> AdviceRequest:
-        request = self.teacher_view(self.env, obs)
+        if self.teacher_view is default_teacher_view:
+            # the env's teacher_request() found once, not by walking the wrapper chain on every step
+            if "_teacher_request" not in self.__dict__:
+                try:
+                    self._teacher_request: Callable[[], AdviceRequest] | None = self.env.get_wrapper_attr(
+                        "teacher_request"
+                    )
+                except AttributeError:
+                    self._teacher_request = None
+            found = self._teacher_request
+            request = found() if found is not None else default_teacher_view(self.env, obs)
+        else:
+            request = self.teacher_view(self.env, obs)
         if request.action_space is None:
             request.action_space = self.env.action_space
         return request
