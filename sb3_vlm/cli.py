@@ -311,12 +311,40 @@ def _compare(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from sb3_vlm.advisors.cache import AdviceCache, NotACacheError
+    from sb3_vlm.advisors.cache import AdviceCache, CacheUnavailable, NotACacheError, is_server_url
 
-    if not Path(args.path).is_file():
+    server = is_server_url(args.path)
+    if args.action in ("export", "import", "merge") and args.file is None:
+        print(f"sb3-vlm cache {args.action}: give the JSON-lines file after the cache", file=sys.stderr)
+        return 2
+    if not server and not Path(args.path).is_file() and args.action not in ("import", "merge"):
         print(f"no cache at {args.path}")
         return 1
     try:
+        if args.action == "export":
+            rows = AdviceCache(args.path, read_only=not server).export_rows()
+            with open(args.file, "w") as out:
+                out.writelines(json.dumps(row) + "\n" for row in rows)
+            print(f"exported {len(rows)} rows from {args.path} to {args.file}")
+            return 0
+        if args.action in ("import", "merge"):
+            rows, unreadable = [], 0
+            with open(args.file) as lines:
+                for line in lines:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        unreadable += 1
+                        continue
+                    if isinstance(row, dict):
+                        rows.append(row)
+                    else:
+                        unreadable += 1
+            counts = AdviceCache(args.path).import_rows(rows, overwrite=args.action == "import")
+            counts["corrupt"] += unreadable
+            print(f"{args.action}: {counts['written']} rows written into {args.path}, {counts['kept']} kept, "
+                  f"{counts['corrupt']} corrupt rows skipped")  # fmt: skip
+            return 0
         if args.action == "clear":
             cache = AdviceCache(args.path)
             n = len(cache)
@@ -325,8 +353,8 @@ def _cache(args: argparse.Namespace) -> int:
             print(f"cleared {n} entries from {args.path}")
             return 0
         # stats only reads: opened read-only, so that it creates and changes nothing (issue 17)
-        print(json.dumps(AdviceCache(args.path, read_only=True).summary(), indent=1))
-    except (NotACacheError, sqlite3.Error) as exc:
+        print(json.dumps(AdviceCache(args.path, read_only=not server).summary(), indent=1))
+    except (NotACacheError, sqlite3.Error, CacheUnavailable, OSError) as exc:
         print(f"{args.path}: cannot read it as an advice cache: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -508,13 +536,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache = sub.add_parser(
         "cache",
-        help="show statistics of an advice cache or clear it",
-        description="An advice cache is the SQLite file given to --cache / VLMAdviceWrapper(cache=...). `stats` only "
-        "reads it (nothing is created or changed); a file that is not an advice cache is refused and left untouched. "
-        "Example: sb3-vlm cache stats advice.sqlite",
+        help="show statistics of an advice cache, clear it, or move its rows to another cache",
+        description="An advice cache is the SQLite file, or the redis:// URL of a server shared by many machines, "
+        "given to --cache / VLMAdviceWrapper(cache=...). `stats` only reads it (a file: nothing is created or "
+        "changed); a file that is not an advice cache is refused and left untouched. `export CACHE FILE.jsonl` "
+        "writes its rows as JSON lines; `import CACHE FILE.jsonl` writes them into CACHE (overwriting), `merge "
+        "CACHE FILE.jsonl` too but keeps CACHE's own rows; rows whose checksum fails are skipped and counted. "
+        "Examples: sb3-vlm cache stats advice.sqlite; sb3-vlm cache export advice.sqlite rows.jsonl; "
+        "sb3-vlm cache merge redis://cache-host:6379/0 rows.jsonl",
     )
-    cache.add_argument("action", choices=("stats", "clear"))
-    cache.add_argument("path", help="the cache file")
+    cache.add_argument("action", choices=("stats", "clear", "export", "import", "merge"))
+    cache.add_argument("path", help="the cache: a file, or a redis:// URL")
+    cache.add_argument("file", nargs="?", default=None, help="export / import / merge: the JSON-lines file")
     cache.set_defaults(func=_cache)
 
     envs = sub.add_parser(

@@ -54,6 +54,17 @@ def test_query_budget_quick_smoke(tmp_path: Path) -> None:
     assert (tmp_path / "query_budget.png").stat().st_size > 5_000
 
 
+def test_cache_backends_quick_smoke(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    if shutil.which("redis-server") is None and not os.environ.get("SB3_VLM_REQUIRE_REDIS"):
+        pytest.skip("redis-server is not installed")
+    _run_benchmark("cache_backends", "--quick", out=tmp_path)
+    median = json.loads((tmp_path / "cache_backends.json").read_text())["median"]
+    assert set(median) == {"sqlite", "redis"} and all(m["hit_us"] > 0 for m in median.values())
+
+
 def test_sac_benchmarks_quick_smoke(tmp_path: Path) -> None:
     _run_benchmark("sac_guidance", "--quick", out=tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -1,4 +1,8 @@
-"""Content-addressed, persistent advice cache (SQLite in WAL mode, values stored as JSON, never pickles)."""
+"""
+Content-addressed, persistent advice cache: an SQLite file in WAL mode (the default, embedded), or a Redis server
+shared by many machines (``AdviceCache("redis://host:6379/0")``, :mod:`sb3_vlm.advisors.cache_redis`). Values are
+stored as JSON, never pickles.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from gymnasium import spaces
 from sb3_vlm.advice import Advice, AdviceRequest
 from sb3_vlm.advice import advice_problem as usable_problem
 from sb3_vlm.advisors.base import Advisor
+from sb3_vlm.advisors.cache_redis import CacheUnavailable, RedisRows, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,11 @@ _PROBS_TOLERANCE = 1e-3
 
 class NotACacheError(ValueError):
     """The file at a cache's path is not an advice cache (not SQLite, or another program's database)."""
+
+
+def is_server_url(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a cache server (``redis://``, ``rediss://``, ``unix://``) rather than a file."""
+    return str(path).startswith(("redis://", "rediss://", "unix://"))
 
 
 def row_checksum(key: str, value: str) -> str:
@@ -93,8 +103,10 @@ class AdviceCache:
     process overwrites later is not seen by this process until it drops out of memory; entries are written once per
     content address in practice (the answers of one advisor identity are interchangeable).
 
-    :param path: database file, or ``":memory:"``
-    :param timeout: seconds a writer waits for a lock held by another process
+    :param path: database file, ``":memory:"``, or the URL of a Redis server shared by many machines
+        (``redis://host:6379/0``; the ``fleet`` extra, :mod:`sb3_vlm.advisors.cache_redis`)
+    :param timeout: seconds a writer waits for a lock held by another process; for a server, the seconds a
+        connection or command may take (at most 5: a server that is down must not stall training)
     :param max_entries: keep at most this many entries: the oldest are evicted (first in, first out) when a write
         goes over; None: unbounded
     :param memory_entries: answers kept decoded in memory (least recently used dropped first); 0: none
@@ -119,6 +131,12 @@ class AdviceCache:
         self.max_entries = max_entries
         self.memory_entries = memory_entries
         self.read_only = read_only
+        #: the rows on a server (``redis://`` ...: :mod:`sb3_vlm.advisors.cache_redis`), or None: in the SQLite file
+        self._server: RedisRows | None = None
+        if is_server_url(self.path):
+            if read_only:
+                raise ValueError("read_only is for cache files; a server cache is opened as it is")
+            self._server = RedisRows(self.path, timeout=min(timeout, 5.0), max_entries=max_entries)
         if read_only and (self.path == ":memory:" or not Path(self.path).is_file()):
             raise FileNotFoundError(f"No advice cache file at {self.path} to open read-only")
         self._check_file()
@@ -138,7 +156,7 @@ class AdviceCache:
         """Refuse a path that holds something else (``sb3-vlm cache stats model.zip``, issue 17): cheap, reads 16
         bytes and creates nothing."""
         path = Path(self.path)
-        if self.path == ":memory:" or not path.is_file() or path.stat().st_size == 0:
+        if self._server is not None or self.path == ":memory:" or not path.is_file() or path.stat().st_size == 0:
             return  # nothing there yet (an empty file is an empty SQLite database)
         with path.open("rb") as file:
             header = file.read(len(_SQLITE_HEADER))
@@ -253,9 +271,7 @@ class AdviceCache:
                 self._recent.move_to_end(key)
                 self.hits += 1
                 return advice, False
-            conn = self._connection()
-            checksum = "checksum" if self._has_checksum else "NULL"  # NULL: a read-only cache of an old version
-            row = conn.execute(f"SELECT value, {checksum} FROM advice WHERE key = ?", (key,)).fetchone()
+            row = self._row_get(key)
             if row is None:
                 self.misses += 1
                 return None, False
@@ -283,11 +299,12 @@ class AdviceCache:
 
     def _warn_corrupt(self, key: str, problem: str) -> None:
         if self._warned_corrupt:
-            logger.debug("Advice cache %s: corrupt row %s (%s)", self.path, key, problem)
+            logger.debug("Advice cache %s: corrupt row %s (%s)", self.display_path, key, problem)
             return
         self._warned_corrupt = True
         logger.warning("Advice cache %s: row %s is corrupt (%s); asking again and overwriting it. Counted in "
-                       "advisor/cache_corrupt, further ones logged at DEBUG", self.path, key, problem)  # fmt: skip
+                       "advisor/cache_corrupt, further ones logged at DEBUG", self.display_path, key,
+                       problem)  # fmt: skip
 
     def _remember(self, key: str, advice: Advice) -> None:
         """Keep ``advice`` decoded in memory (under the lock)."""
@@ -302,34 +319,118 @@ class AdviceCache:
         :func:`advice_problem` (``CachedAdvisor`` stores only answers that do, probabilities normalised)."""
         value = json.dumps(advice.to_dict())
         with self._lock:
-            conn = self._connection()
-            conn.execute(
-                "INSERT OR REPLACE INTO advice (key, value, created, checksum) VALUES (?, ?, ?, ?)",
-                (key, value, time.time(), row_checksum(key, value)),
-            )
+            deleted = self._row_put(key, value, row_checksum(key, value))
             self._remember(key, advice)
-            if self.max_entries is not None:
-                # oldest first; one statement, so concurrent writers cannot both evict the same surplus twice
-                deleted = conn.execute(
-                    "DELETE FROM advice WHERE key IN (SELECT key FROM advice ORDER BY created ASC, rowid ASC "
-                    "LIMIT max(0, (SELECT COUNT(*) FROM advice) - ?))",
-                    (self.max_entries,),
-                ).rowcount
-                self.evicted += max(0, deleted)
-                if deleted > 0:  # which keys went is not known here: forget the decoded copies, the file decides
-                    self._recent.clear()
+            self.evicted += max(0, deleted)
+            if deleted > 0:  # which keys went is not known here: forget the decoded copies, the store decides
+                self._recent.clear()
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._connection().execute("SELECT COUNT(*) FROM advice").fetchone()[0])
+            return self._row_count()
 
     def clear(self) -> None:
         with self._lock:
             self._recent.clear()
-            self._connection().execute("DELETE FROM advice")
+            self._row_clear()
+
+    # ------------------------------------------------------------------ moving rows between caches
+
+    def export_rows(self) -> list[dict[str, Any]]:
+        """Every row as ``{"key", "value", "checksum", "created"}`` (the JSON lines of ``sb3-vlm cache export``)."""
+        with self._lock:
+            rows = self._row_all()
+        return [dict(key=k, value=v, checksum=c, created=t) for k, v, t, c in rows]
+
+    def import_rows(self, rows: Sequence[dict[str, Any]], overwrite: bool = True) -> dict[str, int]:
+        """
+        Write exported rows (:meth:`export_rows`, from any backend) into this cache, keys and values as they are.
+        A row whose checksum does not match its key and value, or whose value does not decode to advice, is skipped
+        and counted as ``corrupt``; ``overwrite=False`` (``merge``) keeps the rows this cache has already.
+
+        :return: ``{"written", "kept", "corrupt"}``
+        """
+        counts = {"written": 0, "kept": 0, "corrupt": 0}
+        with self._lock:
+            for row in rows:
+                key, value = str(row.get("key", "")), row.get("value")
+                checksum = row.get("checksum")
+                if not isinstance(value, str) or (checksum is not None and checksum != row_checksum(key, value)):
+                    counts["corrupt"] += 1
+                    continue
+                advice, _ = self._decode(key, value, None, None)
+                if advice is None:
+                    counts["corrupt"] += 1
+                    continue
+                if not overwrite and self._row_get(key) is not None:
+                    counts["kept"] += 1
+                    continue
+                self.evicted += max(0, self._row_put(key, value, row_checksum(key, value), row.get("created")))
+                self._recent.pop(key, None)
+                counts["written"] += 1
+        return counts
+
+    # ------------------------------------------------------------------ the rows (SQLite; other backends override)
+
+    def _row_get(self, key: str) -> tuple[str, str | None] | None:
+        """``(value, checksum)`` of the row under ``key`` (checksum None for a row written before checksums)."""
+        if self._server is not None:
+            return self._server.get(key)
+        checksum = "checksum" if self._has_checksum else "NULL"  # NULL: a read-only cache of an old version
+        row = self._connection().execute(f"SELECT value, {checksum} FROM advice WHERE key = ?", (key,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def _row_put(self, key: str, value: str, checksum: str, created: float | None = None) -> int:
+        """Write a row (``created``: now), then evict the oldest beyond ``max_entries``; returns how many were
+        evicted."""
+        if self._server is not None:
+            return self._server.put(key, value, checksum, created)
+        conn = self._connection()
+        conn.execute(
+            "INSERT OR REPLACE INTO advice (key, value, created, checksum) VALUES (?, ?, ?, ?)",
+            (key, value, time.time() if created is None else float(created), checksum),
+        )
+        if self.max_entries is None:
+            return 0
+        # oldest first; one statement, so concurrent writers cannot both evict the same surplus twice
+        return int(
+            conn.execute(
+                "DELETE FROM advice WHERE key IN (SELECT key FROM advice ORDER BY created ASC, rowid ASC "
+                "LIMIT max(0, (SELECT COUNT(*) FROM advice) - ?))",
+                (self.max_entries,),
+            ).rowcount
+        )
+
+    def _row_count(self) -> int:
+        if self._server is not None:
+            return self._server.count()
+        return int(self._connection().execute("SELECT COUNT(*) FROM advice").fetchone()[0])
+
+    def _row_clear(self) -> None:
+        if self._server is not None:
+            return self._server.clear()
+        self._connection().execute("DELETE FROM advice")
+
+    def _row_all(self) -> list[tuple[str, str, float, str | None]]:
+        """Every row as ``(key, value, created, checksum)``."""
+        if self._server is not None:
+            return self._server.all()
+        checksum = "checksum" if self._has_checksum else "NULL"
+        return self._connection().execute(f"SELECT key, value, created, {checksum} FROM advice").fetchall()
+
+    def _row_bytes(self) -> int:
+        if self._server is not None:
+            return self._server.nbytes()
+        if self.path == ":memory:":
+            return 0
+        return sum(
+            Path(self.path + suffix).stat().st_size for suffix in ("", "-wal") if Path(self.path + suffix).exists()
+        )
 
     def vacuum(self) -> None:
-        """Give the space of deleted entries back to the file system."""
+        """Give the space of deleted entries back to the file system (a server frees them itself)."""
+        if self._server is not None:
+            return
         with self._lock:
             self._connection().execute("VACUUM")
 
@@ -337,9 +438,8 @@ class AdviceCache:
         """What the cache holds: entries, valid fraction, entries per answering source, corrupt rows (failing their
         checksum, decoding or validation, action space unknown), age range, file size."""
         with self._lock:
-            conn = self._connection()
-            checksum = "checksum" if self._has_checksum else "NULL"
-            rows = conn.execute(f"SELECT key, value, created, {checksum} FROM advice").fetchall()
+            rows = self._row_all()
+            size = self._row_bytes()
         sources: dict[str, int] = {}
         valid = corrupt = 0
         for key, value, _, check in rows:
@@ -350,21 +450,46 @@ class AdviceCache:
             sources[advice.source] = sources.get(advice.source, 0) + 1
             valid += advice.valid
         created = [c for _, _, c, _ in rows]
-        size = sum(
-            Path(self.path + suffix).stat().st_size for suffix in ("", "-wal") if Path(self.path + suffix).exists()
-        )
         return dict(
-            path=self.path,
+            path=self.display_path,
             entries=len(rows),
             valid_fraction=valid / len(rows) if rows else 0.0,
             corrupt=corrupt,
             by_source=dict(sorted(sources.items(), key=lambda kv: -kv[1])),
             oldest=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(min(created))) if created else None,
             newest=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(max(created))) if created else None,
-            size_bytes=size if self.path != ":memory:" else 0,
+            size_bytes=size,
         )
 
+    @property
+    def display_path(self) -> str:
+        """Where the cache is, as logs and summaries may show it (a server URL without its password)."""
+        return redact_url(self.path) if self._server is not None else self.path
+
+    @property
+    def claims(self) -> bool:
+        """Whether :meth:`claim` coordinates with other processes (a server cache); a file cache's always succeed."""
+        return self._server is not None
+
+    @property
+    def unavailable(self) -> int:
+        """Lookups and writes that found the cache's server unreachable (misses, answers not stored); 0 for files."""
+        return self._server.unavailable if self._server is not None else 0
+
+    def claim(self, key: str, ttl: float) -> bool:
+        """Claim ``key`` for ``ttl`` seconds before asking about it (True: ask). A file cache claims nothing: its
+        users are the processes of one machine, which dedupe in flight in their own queue; a server cache makes
+        other machines wait for the claimant's answer (:meth:`~sb3_vlm.advisors.cache_redis.RedisRows.claim`)."""
+        return self._server.claim(key, ttl) if self._server is not None else True
+
+    def release(self, key: str) -> None:
+        """Give up a claim (the answer is stored, or there is none to store)."""
+        if self._server is not None:
+            self._server.release(key)
+
     def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()
         self._conn = None
@@ -377,10 +502,14 @@ class AdviceCache:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_server", None)  # a cache pickled before server caches existed
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"AdviceCache({self.path!r}, hits={self.hits}, misses={self.misses}, corrupt={self.corrupt})"
+        down = f", unavailable={self.unavailable}" if self._server is not None else ""
+        return (
+            f"AdviceCache({self.display_path!r}, hits={self.hits}, misses={self.misses}, corrupt={self.corrupt}{down})"
+        )
 
 
 class RefusalMemory:
@@ -462,6 +591,11 @@ class CachedAdvisor(Advisor):
     :param refusal_ttl: seconds a refusal is served for its view; 0: refusals are asked again every time
     :param refusal_uses: requests a refusal is served to before its view is asked again
     :param max_refusals: refusals remembered at once (the oldest dropped first)
+    :param claim_ttl: a server cache shared by several machines: seconds a miss is claimed for while this process
+        asks about it; another process that misses the same view meanwhile waits for the answer (polling every
+        ``claim_poll`` seconds) instead of asking too, and asks itself once the claim is released without an answer
+        or has expired (the claimant died)
+    :param claim_poll: see ``claim_ttl``
     """
 
     def __init__(
@@ -471,8 +605,13 @@ class CachedAdvisor(Advisor):
         refusal_ttl: float = 600.0,
         refusal_uses: int = 20,
         max_refusals: int = 10_000,
+        claim_ttl: float = 60.0,
+        claim_poll: float = 0.02,
     ) -> None:
         super().__init__()
+        if not claim_ttl > 0 or not claim_poll > 0:
+            raise ValueError(f"claim_ttl and claim_poll must be > 0, got {claim_ttl}, {claim_poll}")
+        self.claim_ttl, self.claim_poll = claim_ttl, claim_poll
         self.advisor = advisor
         self.cache = cache if isinstance(cache, AdviceCache) else AdviceCache(cache)
         self.refusals = RefusalMemory(refusal_ttl, refusal_uses, max_refusals)
@@ -495,16 +634,72 @@ class CachedAdvisor(Advisor):
             first: dict[str, int] = {}
             for i in missing:
                 first.setdefault(keys[i], i)
-            unique = list(first.values())
-            fresh = dict(zip(unique, self.advisor.advise([requests[i] for i in unique]), strict=True))
-            for i in unique:
-                if fresh[i].valid:
-                    self._store(keys[i], fresh[i], requests[i].action_space)
-                elif fresh[i].refused:
-                    self._refusals().put(keys[i], fresh[i])
+            fresh = self._ask(list(first.values()), keys, requests)
             for i in missing:
                 answers[i] = fresh[first[keys[i]]]  # advice is immutable: identical views share one answer
         return [a for a in answers if a is not None]
+
+    def _ask(self, unique: list[int], keys: list[str], requests: Sequence[AdviceRequest]) -> dict[int, Advice]:
+        """Answers for the missed rows ``unique``: asked where this process claims the view, waited for where
+        another process (of a server cache) is asking about it already."""
+        fresh: dict[int, Advice] = {}
+        pending = list(unique)
+        waited = False
+        while pending:
+            if waited:  # another process was asking: its answer, once stored, is a hit here
+                still = []
+                for i in pending:
+                    stored = self._lookup(keys[i], requests[i].action_space)
+                    if stored is None:
+                        still.append(i)
+                        continue
+                    self.stats.cache_hits += 1
+                    self.stats.cache_misses -= 1
+                    fresh[i] = stored
+                pending = still
+            mine = [i for i in pending if self._claim(keys[i])]
+            if mine and getattr(self.cache, "claims", False):
+                # claimed after the claimant before us released: its answer is stored by now (it stores, then
+                # releases), so look again before asking
+                for i in list(mine):
+                    stored = self._lookup(keys[i], requests[i].action_space)
+                    if stored is not None:
+                        self._release(keys[i])
+                        self.stats.cache_hits += 1
+                        self.stats.cache_misses -= 1
+                        fresh[i] = stored
+                        mine.remove(i)
+            if mine:
+                try:
+                    answers = self.advisor.advise([requests[i] for i in mine])
+                    for i, advice in zip(mine, answers, strict=True):
+                        fresh[i] = advice
+                        if advice.valid:
+                            self._store(keys[i], advice, requests[i].action_space)
+                        elif advice.refused:
+                            self._refusals().put(keys[i], advice)
+                finally:
+                    for i in mine:
+                        self._release(keys[i])
+            pending = [i for i in pending if i not in fresh]
+            if pending:
+                waited = True
+                time.sleep(getattr(self, "claim_poll", 0.02))
+        return fresh
+
+    def _claim(self, key: str) -> bool:
+        try:
+            # getattr: a CachedAdvisor pickled before claims existed (a checkpoint) has no settings for them
+            return self.cache.claim(key, getattr(self, "claim_ttl", 60.0))
+        except Exception as exc:  # a claim that cannot be taken must not stop the asking
+            logger.debug("Advice cache claim failed (%r); asking", exc)
+            return True
+
+    def _release(self, key: str) -> None:
+        try:
+            self.cache.release(key)
+        except Exception as exc:
+            logger.debug("Advice cache release failed (%r)", exc)
 
     def lookup(self, key: str, action_space: spaces.Space | None = None) -> Advice | None:
         """The cached answer for a content address (:meth:`AdviceRequest.cache_key` with :attr:`identity`), checked
@@ -518,6 +713,8 @@ class CachedAdvisor(Advisor):
     def _lookup(self, key: str, action_space: spaces.Space | None = None) -> Advice | None:
         try:
             advice, corrupt = self.cache.read(key, action_space)
+        except CacheUnavailable:  # a server that is down: a miss (the backend counts and logs it)
+            return None
         except sqlite3.Error as exc:  # an unreadable cache degrades to a miss, never a crash
             logger.warning("Advice cache read failed (%r); treating as a miss", exc)
             return None
@@ -553,6 +750,8 @@ class CachedAdvisor(Advisor):
             return
         try:
             self.cache.put(key, advice)
+        except CacheUnavailable:
+            pass  # counted and logged by the backend
         except sqlite3.Error as exc:
             logger.warning("Advice cache write failed (%r); answer not cached", exc)
 

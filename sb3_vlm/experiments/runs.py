@@ -21,12 +21,14 @@ import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 
+from sb3_vlm.advisors.cache import is_server_url
 from sb3_vlm.advisors.factory import advisor_from_spec
 from sb3_vlm.advisors.prompts import CONTINUOUS_CONTROL
 from sb3_vlm.callbacks import AdviceMetricsCallback
@@ -361,7 +363,14 @@ def train(
         )
 
     env_kwargs = dict(env_kwargs or {})
-    created = [path for path in (_first_missing(out), _first_missing(Path(cache)) if cache else None) if path]
+    server_cache = cache is not None and is_server_url(cache)
+    if server_cache and urlsplit(str(cache)).password is not None:
+        raise RunSetupError(
+            "the cache URL holds a password, which run.json would keep: give the URL without it and the password in "
+            "SB3_VLM_CACHE_PASSWORD"
+        )
+    cache_file = Path(cache) if cache and not server_cache else None
+    created = [path for path in (_first_missing(out), _first_missing(cache_file) if cache_file else None) if path]
     monitor_before = set((out / "monitor").glob("*"))
     first: list[Any] = []
     venv: Any = None
