@@ -170,3 +170,15 @@ def test_cache_export_import_and_merge_move_rows_between_a_file_and_a_server(ser
     assert all(a.valid for a in served)
     assert main(["cache", "stats", server.url]) == 0 and '"entries": 4' in capsys.readouterr().out
     assert main(["cache", "export", server.url]) == 2  # no file given
+
+
+def test_the_zoo_wrapper_takes_the_server_url_as_its_cache_and_refuses_one_with_a_password(server) -> None:
+    from sb3_vlm.envs.minigrid import make_minigrid_env
+    from sb3_vlm.zoo import advice_wrapper
+
+    env = advice_wrapper(make_minigrid_env("MiniGrid-Empty-5x5-v0", student_obs="symbolic"), cache=server.url)
+    env.reset(seed=0)
+    env.step(2)
+    assert env.advisor.cache.claims and len(AdviceCache(server.url)) >= 1  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="SB3_VLM_CACHE_PASSWORD"):
+        advice_wrapper(make_minigrid_env("MiniGrid-Empty-5x5-v0"), cache=server.url.replace("//", "//:pw@"))

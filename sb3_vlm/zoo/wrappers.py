@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 import gymnasium as gym
 
@@ -40,7 +41,8 @@ def advice_wrapper(
         the yml into the run's log folder
     :param prompt: a built-in prompt name (default: the env's)
     :param query_every: ask on every k-th step
-    :param cache: path of an advice cache (SQLite), shared by runs and workers
+    :param cache: path of an advice cache (SQLite), shared by runs and workers, or the URL of a cache server shared
+        by machines (``redis://host:6379/0``; its password in ``SB3_VLM_CACHE_PASSWORD``)
     """
     from sb3_vlm.advisors.factory import advisor_from_spec
     from sb3_vlm.advisors.prompts import BUILTIN_PROMPTS
@@ -53,6 +55,11 @@ def advice_wrapper(
         raise ValueError(
             f"advisor_kwargs must not hold secrets ({', '.join(secrets)}): RL Zoo saves the config next to the model. "
             "Set OPENAI_API_KEY / GEMINI_API_KEY in the environment instead."
+        )
+    if cache is not None and "://" in str(cache) and urlsplit(str(cache)).password is not None:
+        raise ValueError(
+            "the cache URL must not hold a password: RL Zoo saves the config next to the model. Set "
+            "SB3_VLM_CACHE_PASSWORD in the environment instead."
         )
     env, default_prompt, oracle = attach_teacher(env)
     if ADVICE_OFF:
