@@ -16,8 +16,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -70,6 +73,89 @@ def measure(path: str, answers: list[tuple[str, Advice]]) -> dict[str, float]:
     return dict(write_us=write / n * 1e6, hit_us=hit / n * 1e6, miss_us=miss / n * 1e6, memory_hit_us=memory / n * 1e6)
 
 
+class PostgresServer:
+    """A throw-away PostgreSQL cluster (the Debian package's binaries) in a temporary folder, on a free 127.0.0.1
+    port, run as the ``postgres`` user when this runs as root (PostgreSQL refuses root); stopped on exit."""
+
+    def __init__(self, workdir: str) -> None:
+        import glob
+        import os
+        import shutil
+        import socket
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins or shutil.which("su") is None:
+            raise FileNotFoundError("PostgreSQL's binaries are not installed (Debian: apt-get install postgresql)")
+        self.bin, self.dir = bins[-1], Path(workdir) / "pg"
+        self.dir.mkdir()
+        self.root = os.geteuid() == 0
+        if self.root:
+            shutil.chown(self.dir, "postgres", "postgres")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+
+    def _run(self, *cmd: str) -> None:
+        import shlex
+        import subprocess
+
+        line = " ".join(shlex.quote(c) for c in cmd)
+        subprocess.run(["su", "postgres", "-c", line] if self.root else ["sh", "-c", line], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def __enter__(self) -> PostgresServer:
+        data = str(self.dir / "data")
+        self._run(f"{self.bin}/initdb", "-D", data, "-A", "trust", "-U", "postgres")
+        opts = f"-k {self.dir} -p {self.port} -c listen_addresses=127.0.0.1"  # TCP, as Redis is reached
+        self._run(f"{self.bin}/pg_ctl", "-D", data, "-o", opts, "-w", "-l", str(self.dir / "log"), "start")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._run(f"{self.bin}/pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+
+    @property
+    def dsn(self) -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+
+def raw_lookups(backend: str, target: Any, answers: list[tuple[str, Advice]]) -> dict[str, float]:
+    """Microseconds per raw write and primary-key read of one backend (no decoding: the round trip alone)."""
+    rows = [(k, json.dumps(a.to_dict())) for k, a in answers]
+    order = np.random.default_rng(1).permutation(len(rows))
+    if backend == "sqlite":
+        import sqlite3
+
+        conn = sqlite3.connect(target, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS t (key TEXT PRIMARY KEY, value TEXT)")
+        put = lambda k, v: conn.execute("INSERT OR REPLACE INTO t VALUES (?, ?)", (k, v))  # noqa: E731
+        get = lambda k: conn.execute("SELECT value FROM t WHERE key = ?", (k,)).fetchone()  # noqa: E731
+    elif backend == "redis":
+        import redis
+
+        client = redis.Redis.from_url(target)
+        put = lambda k, v: client.hset("raw:" + k, mapping={"value": v})  # noqa: E731
+        get = lambda k: client.hget("raw:" + k, "value")  # noqa: E731
+    else:
+        import psycopg
+
+        conn = psycopg.connect(target, autocommit=True)
+        conn.execute("CREATE TABLE IF NOT EXISTS t (key TEXT PRIMARY KEY, value TEXT)")
+        put = lambda k, v: conn.execute(  # noqa: E731
+            "INSERT INTO t VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (k, v)
+        )
+        get = lambda k: conn.execute("SELECT value FROM t WHERE key = %s", (k,)).fetchone()  # noqa: E731
+    start = time.perf_counter()
+    for k, v in rows:
+        put(k, v)
+    write = time.perf_counter() - start
+    start = time.perf_counter()
+    found = sum(get(rows[i][0]) is not None for i in order)
+    read = time.perf_counter() - start
+    assert found == len(rows)
+    return dict(write_us=write / len(rows) * 1e6, read_us=read / len(rows) * 1e6)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2000)
@@ -81,13 +167,27 @@ def main(argv: list[str] | None = None) -> int:
         args.rows, args.repeats = 200, 1
     answers = _answers(args.rows)
     results: dict[str, list[dict[str, float]]] = {"sqlite": [], "redis": []}
-    with tempfile.TemporaryDirectory() as tmp, RedisServer(tmp) as server:
+    raw: dict[str, list[dict[str, float]]] = {"sqlite": [], "redis": [], "postgresql": []}
+    with tempfile.TemporaryDirectory() as tmp, RedisServer(tmp) as server, contextlib.ExitStack() as stack:
+        os.chmod(tmp, 0o755)  # the postgres user works in a folder inside it
         paths = {"sqlite": str(Path(tmp) / "advice.sqlite"), "redis": server.url}
+        targets: dict[str, str] = {"sqlite": str(Path(tmp) / "raw.sqlite"), "redis": server.url}
+        try:
+            import psycopg  # noqa: F401
+
+            targets["postgresql"] = stack.enter_context(PostgresServer(tmp)).dsn
+        except (ImportError, FileNotFoundError, OSError, subprocess.CalledProcessError) as exc:
+            print(f"PostgreSQL not measured: {exc!r}")
         for _ in range(args.repeats):
             for name, path in paths.items():  # interleaved: a noisy moment slows both, not one
                 results[name].append(measure(path, answers))
+            for name, target in targets.items():
+                raw[name].append(raw_lookups(name, target, answers))
     median: dict[str, dict[str, Any]] = {
         name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in results.items()
+    }
+    raw_median = {
+        name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in raw.items() if runs
     }
     lines = [
         f"{args.rows:,} rows, median of {args.repeats} interleaved runs; Redis on 127.0.0.1 (loopback)",
@@ -99,10 +199,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{1e6 / m['hit_us']:,.0f} |"
             for name, m in median.items()
         ),
+        "",
+        "The backends' own round trip (a primary-key write and read, no decoding or checks):",
+        "",
+        "| backend | write (µs) | read (µs) |",
+        "|---|---|---|",
+        *(f"| {name} | {m['write_us']:.0f} | {m['read_us']:.0f} |" for name, m in raw_median.items()),
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cache_backends.json").write_text(json.dumps(dict(rows=args.rows, runs=results, median=median), indent=1))
+    summary = dict(rows=args.rows, runs=results, median=median, raw_runs=raw, raw_median=raw_median)
+    (out / "cache_backends.json").write_text(json.dumps(summary, indent=1))
     (out / "cache_backends.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
