@@ -182,3 +182,39 @@ def test_the_zoo_wrapper_takes_the_server_url_as_its_cache_and_refuses_one_with_
     assert env.advisor.cache.claims and len(AdviceCache(server.url)) >= 1  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="SB3_VLM_CACHE_PASSWORD"):
         advice_wrapper(make_minigrid_env("MiniGrid-Empty-5x5-v0"), cache=server.url.replace("//", "//:pw@"))
+
+
+def test_a_training_run_goes_on_through_a_server_restart(server) -> None:
+    """Issue 21's acceptance: the server stops mid-run and comes back; training neither stops nor crashes, the
+    lookups meanwhile are counted misses, and afterwards the cache serves again."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from sb3_vlm.envs.minigrid import MiniGridOracle, make_minigrid_env
+    from sb3_vlm.ppo import GuidedPPO
+    from sb3_vlm.wrappers import VLMAdviceWrapper
+
+    oracle = MiniGridOracle()
+    cache = AdviceCache(server.url, timeout=0.5)
+    cache._server.retry_after = 0.0  # type: ignore[union-attr]
+    env = DummyVecEnv(
+        [
+            lambda: VLMAdviceWrapper(
+                make_minigrid_env("MiniGrid-Empty-5x5-v0", student_obs="symbolic"), oracle, cache=cache
+            )
+        ]
+    )
+
+    class Outage(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps == 40:
+                server.stop()
+            if self.num_timesteps == 80:
+                server.start()
+            return True
+
+    model = GuidedPPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0)
+    model.learn(128, callback=Outage())
+    wrapped = env.envs[0].advisor.cache  # type: ignore[attr-defined]
+    assert model.num_timesteps == 128 and wrapped.unavailable > 0
+    assert len(AdviceCache(server.url)) > 0  # written again once the (fresh, empty) server was back
