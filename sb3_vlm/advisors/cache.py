@@ -644,31 +644,20 @@ class CachedAdvisor(Advisor):
         another process (of a server cache) is asking about it already."""
         fresh: dict[int, Advice] = {}
         pending = list(unique)
-        waited = False
         while pending:
-            if waited:  # another process was asking: its answer, once stored, is a hit here
-                still = []
-                for i in pending:
-                    stored = self._lookup(keys[i], requests[i].action_space)
-                    if stored is None:
-                        still.append(i)
-                        continue
-                    self.stats.cache_hits += 1
-                    self.stats.cache_misses -= 1
-                    fresh[i] = stored
-                pending = still
-            mine = [i for i in pending if self._claim(keys[i])]
-            if mine and getattr(self.cache, "claims", False):
-                # claimed after the claimant before us released: its answer is stored by now (it stores, then
-                # releases), so look again before asking
-                for i in list(mine):
-                    stored = self._lookup(keys[i], requests[i].action_space)
-                    if stored is not None:
-                        self._release(keys[i])
-                        self.stats.cache_hits += 1
-                        self.stats.cache_misses -= 1
-                        fresh[i] = stored
-                        mine.remove(i)
+            mine = []
+            for i in pending:
+                if not self._claim(keys[i]):
+                    continue  # another process is asking about it: wait for its claim to end
+                # a server cache: the claimant before us stores, then releases, so its answer may be there now
+                stored = self._lookup(keys[i], requests[i].action_space) if self.cache.claims else None
+                if stored is None:
+                    mine.append(i)
+                    continue
+                self._release(keys[i])
+                self.stats.cache_hits += 1  # a miss at first, answered by another process: a hit after all
+                self.stats.cache_misses -= 1
+                fresh[i] = stored
             if mine:
                 try:
                     answers = self.advisor.advise([requests[i] for i in mine])
@@ -683,7 +672,6 @@ class CachedAdvisor(Advisor):
                         self._release(keys[i])
             pending = [i for i in pending if i not in fresh]
             if pending:
-                waited = True
                 time.sleep(getattr(self, "claim_poll", 0.02))
         return fresh
 

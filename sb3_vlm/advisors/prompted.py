@@ -646,5 +646,9 @@ class PromptedAdvisor(Advisor):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        # an advisor pickled before cost accounting existed counts from zero, with no dollar budget
+        for name, value in (("tokens_in", 0), ("tokens_out", 0), ("cost_usd", 0.0), ("_price_override", None),
+                            ("max_cost_usd", None), ("_budget", None)):  # fmt: skip
+            self.__dict__.setdefault(name, value)
         self._lock = threading.Lock()
         self._usage = threading.local()

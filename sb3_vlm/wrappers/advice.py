@@ -107,6 +107,17 @@ def restore_counters_with(
         selector.considered = selector.selected + int(counters.get("query_skips", 0))
 
 
+def settle_current(current: Advice | None) -> tuple[Advice | None, bool]:
+    """What ``current_advice`` returns for ``current``: a queued answer waited for (at most its ``max_wait``), a
+    foreign pending one without bound; and whether that answer is final (to keep instead of the pending one)."""
+    if isinstance(current, QueuedAdvice):
+        answer = current.wait()
+        return answer, current.done()
+    if isinstance(current, PendingAdvice):  # not ours (a subclass overrode _advice_for): unbounded, as asked
+        return current.result(), True
+    return current, False
+
+
 def fit_teacher_view(env: gym.Env, advisor: Advisor) -> None:
     """Render the env's teacher view at the advisor's preferred size, where the view can (issue 16: one place
     decides, :attr:`~sb3_vlm.advisors.base.Advisor.preferred_view_size`; scripted advisors leave the view as it is)."""
@@ -204,15 +215,10 @@ class VLMAdviceWrapper(gym.Wrapper):
         """Advice for the observation the agent is about to act on (e.g. to execute the VLM's action, VBE); waits for
         a pending answer, since the caller is about to act on it, but at most ``max_wait`` seconds: then invalid
         advice, while the step's info keeps the pending answer (the buffers fill its row in if it comes)."""
-        current = self._current
-        if isinstance(current, QueuedAdvice):
-            answer = current.wait()
-            if current.done():
-                self._current = answer
-            return answer
-        if isinstance(current, PendingAdvice):  # not ours (a subclass overrode _advice_for): unbounded, as asked
-            self._current = current.result()
-        return self._current
+        answer, final = settle_current(self._current)
+        if final:
+            self._current = answer
+        return answer
 
     @property
     def non_blocking(self) -> bool:
@@ -252,10 +258,7 @@ class VLMAdviceWrapper(gym.Wrapper):
         """Whether the selector asks about ``obs``, and its view where one was built for the decision."""
         selector = self.query_selector
         if type(selector) is EveryK:  # the default: no batch to build on every step
-            keep = self._episode_step % selector.k == 0
-            selector.considered += 1
-            selector.selected += int(keep)
-            return keep, None
+            return selector.due(self._episode_step), None
         views: list[AdviceRequest] = []
 
         def view(_: int) -> AdviceRequest:

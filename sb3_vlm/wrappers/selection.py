@@ -114,6 +114,13 @@ class EveryK(QuerySelector):
     def select(self, batch: QueryBatch) -> np.ndarray:
         return np.asarray(batch.episode_steps) % self.k == 0
 
+    def due(self, episode_step: int) -> bool:
+        """One observation's decision, counted as :meth:`__call__` counts (the per-env wrapper's hot path)."""
+        keep = episode_step % self.k == 0
+        self.considered += 1
+        self.selected += keep
+        return keep
+
     def __repr__(self) -> str:
         return f"EveryK({self.k})"
 

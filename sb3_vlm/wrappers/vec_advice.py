@@ -13,10 +13,16 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest
-from sb3_vlm.advisors.background import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WAIT, QueuedAdvice
+from sb3_vlm.advisors.background import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WAIT
 from sb3_vlm.advisors.base import Advisor, AdvisorStats, preferred_view_size
 from sb3_vlm.advisors.cache import AdviceCache
-from sb3_vlm.wrappers.advice import advice_counters_with, background_for, resolve_advisor, restore_counters_with
+from sb3_vlm.wrappers.advice import (
+    advice_counters_with,
+    background_for,
+    resolve_advisor,
+    restore_counters_with,
+    settle_current,
+)
 from sb3_vlm.wrappers.selection import QueryBatch, QuerySelector, resolve_selector
 
 VecTeacherView = Callable[[VecEnv, int, Any], AdviceRequest]
@@ -109,12 +115,10 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         a pending answer is waited for, at most ``max_wait`` seconds, then invalid advice."""
         out = []
         for i, current in enumerate(self.current):
-            if isinstance(current, QueuedAdvice):
-                answer = current.wait()
-                if current.done():
-                    self.current[i] = answer
-                current = answer
-            out.append(current)
+            answer, final = settle_current(current)
+            if final and answer is not None:
+                self.current[i] = answer
+            out.append(answer if answer is not None else Advice.invalid(source="not-reset"))
         return out
 
     @property
@@ -129,8 +133,7 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         """Go on counting from ``counters`` (what :meth:`advice_counters` gave, saved in a checkpoint)."""
         restore_counters_with(self.advisor, self.background, counters, self.query_selector)
 
-    def _view(self, obs: VecEnvObs, i: int) -> AdviceRequest:
-        obs_i = {k: v[i] for k, v in obs.items()} if isinstance(obs, dict) else obs[i]  # type: ignore[index]
+    def _view(self, obs_i: Any, i: int) -> AdviceRequest:
         request = self.teacher_view(self.venv, i, obs_i)
         if request.action_space is None:
             request.action_space = self.action_space
@@ -139,13 +142,13 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
     def _refresh(self, obs: VecEnvObs, indices: list[int]) -> None:
         """New advice for the envs in ``indices``: the query selector picks those to ask about, one advise() call."""
         views: dict[int, AdviceRequest] = {}
+        rows = [{k: v[i] for k, v in obs.items()} if isinstance(obs, dict) else obs[i] for i in indices]  # type: ignore[index]
 
         def view(j: int) -> AdviceRequest:
             if j not in views:
-                views[j] = self._view(obs, indices[j])
+                views[j] = self._view(rows[j], indices[j])
             return views[j]
 
-        rows = [{k: v[i] for k, v in obs.items()} if isinstance(obs, dict) else obs[i] for i in indices]  # type: ignore[index]
         batch = QueryBatch(
             np.asarray(indices, dtype=np.int64), self.episode_steps[indices], rows, view, self._env_steps
         )
