@@ -43,8 +43,8 @@ class AdviceRequest:
         gives the VLM a fully observable render while the student sees its own partial view). A float image with
         values in [0, 1] is sent as ``round(255 · image)``; other dtypes and ranges are refused when the image is
         encoded (see :func:`image_as_uint8`).
-    :param context: text fields a prompt template fills in (mission string, speed, yaw ...). JSON-serialisable.
-        Part of the cache key.
+    :param context: text fields a prompt template fills in (mission string, speed, yaw ...). JSON-serialisable
+        (NumPy arrays are allowed and keyed exactly). Part of the cache key, as is the action space.
     :param action_space: the action space the advice must live in.
     :param state: privileged simulator state for scripted/oracle advisors. It is *not* part of the cache key,
         so it must be a function of the image (or the content key) and ``context`` for caching to be correct (true
@@ -109,15 +109,18 @@ class AdviceRequest:
             h.update(b"content-key:")
             h.update(self.content_key.encode())
             h.update(b"\x00")
-            h.update(repr(self.action_space).encode())
+            h.update(space_key(self.action_space).encode())
         else:
             image = self.image
             if image is not None:
                 img = np.ascontiguousarray(image)
                 h.update(f"{img.shape}{img.dtype}".encode())
                 h.update(img.tobytes())
+            # the prompt states the action space (labels, bounds), so two spaces are two questions (issue 17)
+            h.update(b"\x00space:")
+            h.update(space_key(self.action_space).encode())
         h.update(b"\x00")
-        h.update(_CONTEXT_JSON.encode(self.context).encode())
+        h.update(context_json(self.context).encode())
         return h.hexdigest()
 
     def __eq__(self, other: object) -> bool:
@@ -125,7 +128,9 @@ class AdviceRequest:
         only when there is no content key (comparing lazy views renders nothing)."""
         if not isinstance(other, AdviceRequest):
             return NotImplemented
-        if any(getattr(self, name) != getattr(other, name) for name in ("content_key", "context", "action_space")):
+        if self.content_key != other.content_key or space_key(self.action_space) != space_key(other.action_space):
+            return False
+        if context_json(self.context) != context_json(other.context):  # arrays compared by value, not truth
             return False
         if self.content_key is not None:
             return True
@@ -195,9 +200,45 @@ def _read_only(array: np.ndarray | None, copy: bool = True) -> np.ndarray | None
     return out
 
 
-#: ``json.dumps(context, sort_keys=True, default=str)`` without building an encoder per call (same text: the key
-#: of every cached row stays what it was; half the time of a cache key on MiniGrid)
-_CONTEXT_JSON = json.JSONEncoder(sort_keys=True, default=str)
+def _exact_default(value: Any) -> Any:
+    """JSON for what ``json`` cannot encode: an array exactly (dtype, shape, bytes), anything else as ``str``
+    (NumPy scalars print their shortest round-trip digits, so ``str`` is exact for them)."""
+    if isinstance(value, np.ndarray):
+        array = np.ascontiguousarray(value)
+        if array.dtype.kind == "O":
+            return {"__ndarray__": "object", "shape": list(array.shape), "items": [str(v) for v in array.flat]}
+        return {"__ndarray__": array.dtype.str, "shape": list(array.shape), "hex": array.tobytes().hex()}
+    return str(value)
+
+
+#: ``json.dumps(context, sort_keys=True, default=...)`` without building an encoder per call (half the time of a
+#: cache key on MiniGrid). Plain JSON values give the same text as ``default=str`` did, so the keys of cached rows
+#: stay what they were; only an array changes: ``str`` printed it rounded (and elided past 1,000 items), so arrays
+#: 1e-9 apart shared a key (issue 17)
+_CONTEXT_JSON = json.JSONEncoder(sort_keys=True, default=_exact_default)
+
+
+def context_json(context: dict[str, Any]) -> str:
+    """The context as the cache key reads it: sorted JSON, arrays exact."""
+    return _CONTEXT_JSON.encode(context)
+
+
+def space_key(space: spaces.Space | None) -> str:
+    """
+    The action space as the cache key reads it: ``repr`` (exact for Discrete, and for a Box with one bound for all
+    coordinates, which it prints as a scalar), plus a Box's exact bounds where they differ per coordinate (``repr``
+    then prints them rounded, or elided).
+    """
+    text = repr(space)
+    if isinstance(space, spaces.Box) and not (space.low.size == 0 or (_uniform(space.low) and _uniform(space.high))):
+        bounds = np.concatenate([np.ravel(space.low), np.ravel(space.high)]).astype(np.float64)
+        text += ":" + hashlib.sha256(bounds.tobytes()).hexdigest()[:16]
+    return text
+
+
+def _uniform(values: np.ndarray) -> bool:
+    flat = np.ravel(values)
+    return bool(np.all(flat == flat[0]) or np.all(np.isnan(flat)))
 
 
 @dataclass(eq=False, frozen=True)

@@ -34,6 +34,52 @@ def test_cache_key_depends_on_image_context_and_advisor() -> None:
     assert AdviceRequest(image=img, context={"mission": "go"}, state=123).cache_key("a") == key
 
 
+def test_cache_key_is_exact_for_arrays_in_the_context() -> None:
+    """Issue 17, item 9: the context was keyed with ``default=str``, which prints an array rounded (and elides one
+    past 1,000 items), so two arrays 1e-9 apart shared a key and one answer served both."""
+    img = np.zeros((2, 2, 3), dtype=np.uint8)
+    state = np.array([0.1, 0.2, 0.3])
+    key = AdviceRequest(image=img, context={"goal": state}).cache_key("a")
+    assert key == AdviceRequest(image=img, context={"goal": state.copy()}).cache_key("a")
+    assert AdviceRequest(image=img, context={"goal": state + 1e-9}).cache_key("a") != key
+    assert AdviceRequest(image=img, context={"goal": state.astype(np.float32)}).cache_key("a") != key
+    assert AdviceRequest(image=img, context={"goal": state.reshape(3, 1)}).cache_key("a") != key
+    long = np.arange(2_000, dtype=np.float64)
+    changed = long.copy()
+    changed[1_000] += 0.5  # in the part str() elides
+    assert str(long) == str(changed)
+    assert AdviceRequest(context={"x": long}).cache_key("a") != AdviceRequest(context={"x": changed}).cache_key("a")
+    # requests with array contexts compare by value instead of raising "truth value of an array is ambiguous"
+    assert AdviceRequest(image=img, context={"goal": state}) == AdviceRequest(image=img, context={"goal": state.copy()})
+    assert AdviceRequest(image=img, context={"goal": state}) != AdviceRequest(image=img, context={"goal": state + 1})
+
+
+def test_cache_key_depends_on_the_action_space() -> None:
+    """Issue 17, item 9: the prompt states the action space (its labels, a Box's bounds), but an image request's key
+    ignored it, so the answer for one space was served for another."""
+    img = np.zeros((2, 2, 3), dtype=np.uint8)
+
+    def key(space: spaces.Space | None) -> str:
+        return AdviceRequest(image=img, context={"m": "go"}, action_space=space).cache_key("a")
+
+    box = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    assert key(box) == key(spaces.Box(-1.0, 1.0, (2,), np.float32))
+    assert len({key(None), key(box), key(spaces.Box(-2.0, 2.0, (2,), np.float32)), key(spaces.Discrete(3))}) == 4
+    assert key(spaces.Discrete(3)) != key(spaces.Discrete(4))
+    # per-coordinate bounds repr() prints rounded: keyed exactly
+    low = np.array([-1.0, -1.0])
+    a = spaces.Box(low, np.array([1.0, 2.0]), dtype=np.float64)
+    b = spaces.Box(low, np.array([1.0, 2.0 + 1e-10]), dtype=np.float64)
+    assert repr(a) == repr(b) and key(a) != key(b)
+    # a content-keyed (lazy) view keys its space as before: MiniGrid's keys, and the suite's wrong views, are unchanged
+    lazy = AdviceRequest(context={"m": "go"}, action_space=spaces.Discrete(7), content_key="grid:1")
+    import hashlib
+    import json
+
+    old = hashlib.sha256(b"a\x00content-key:grid:1\x00Discrete(7)\x00" + json.dumps({"m": "go"}).encode())
+    assert lazy.cache_key("a") == old.hexdigest()
+
+
 def test_discrete_targets() -> None:
     space = spaces.Discrete(3)
     target, valid = advice_to_target(Advice(probs=np.array([2.0, 1.0, 1.0])), space)
