@@ -38,7 +38,7 @@ def main() -> None:
     views = probe_views(args.env_id)
     print(f"advice accuracy before: {advice_accuracy(teacher, views):.2f}")
     finetune = VLMFineTuneCallback(teacher, psi0=2_500, start_guidance_after=1, save_dir="covr_example", verbose=1)
-    model = GuidedPPO("MlpPolicy", env, teacher_coef=0.05, n_steps=128, batch_size=64, seed=0)
+    model = GuidedPPO("MlpPolicy", env, n_steps=128, batch_size=64, seed=0)  # the default guidance
     model.learn(args.steps, callback=finetune, progress_bar=True)
     print(f"advice accuracy after {len(finetune.history)} rounds: {advice_accuracy(teacher, views):.2f}")
     model.save("covr_example/student")  # a plain PPO policy: it never needs the teacher

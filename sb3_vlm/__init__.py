@@ -35,7 +35,7 @@ from sb3_vlm.guidance import ConstantCoef, KickstartingCoef, LinearDecayCoef, Tr
 from sb3_vlm.policies import AdviceCritic
 from sb3_vlm.ppo import GuidedPPO
 from sb3_vlm.sac import GuidedSAC, RandomAlternatingExploration, VERSettings, pretrain_advice_critic
-from sb3_vlm.wrappers import VLMAdviceWrapper
+from sb3_vlm.wrappers import VecVLMAdviceWrapper, VLMAdviceWrapper
 
 __version__ = "0.1.0"
 
@@ -75,6 +75,7 @@ __all__ = [
     "VLMAdviceWrapper",
     "VLMCheckpointCallback",
     "VLMFineTuneCallback",
+    "VecVLMAdviceWrapper",
     "load_checkpoint",
     "make_minigrid_env",
     "make_pendulum_env",

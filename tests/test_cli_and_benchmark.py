@@ -44,6 +44,20 @@ def test_benchmark_quick_smoke(tmp_path: Path) -> None:
     assert len(runs) == 6 and all(r["curve_steps"] for r in runs)
 
 
+def test_suite_quick_smoke(tmp_path: Path) -> None:
+    """The README's suite commands end to end (one env, PPO): runs, resumes from its log, summary, plot, table."""
+    args = ("--quick", "--envs", "LavaGapS7", "--algos", "ppo", "--workers", "1")
+    _run_benchmark("suite", *args, out=tmp_path)
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["advisor"] for r in runs) == ["adversarial", "none"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["algo"], r["env"], r["advisor"]) for r in summary] == [("ppo", "LavaGapS7", "adversarial")]
+    assert (tmp_path / "LavaGapS7.png").stat().st_size > 10_000
+    assert "| ppo | LavaGapS7 | adversarial |" in (tmp_path / "table.md").read_text()
+    _run_benchmark("suite", *args, out=tmp_path)  # resumes: nothing is run again
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 2
+
+
 def test_query_budget_quick_smoke(tmp_path: Path) -> None:
     _run_benchmark("query_budget", "--quick", "--envs", "LavaGapS7", out=tmp_path)
     records = {r["policy"]: r for r in json.loads((tmp_path / "summary.json").read_text())}

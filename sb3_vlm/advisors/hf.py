@@ -93,7 +93,8 @@ class HFAdvisor(PromptedAdvisor):
 
     :param model: a hub id or a local directory
     :param prompt: the :class:`~sb3_vlm.advisors.prompts.PromptTemplate`
-    :param device: torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``)
+    :param device: torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``); ``"auto"``: CUDA where there is a GPU, else
+        the CPU
     :param dtype: ``"auto"``, ``"float32"``, ``"bfloat16"``, ``"float16"``
     :param batch_size: requests per forward pass
     :param max_new_tokens: generation budget
@@ -133,6 +134,8 @@ class HFAdvisor(PromptedAdvisor):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         kwargs = dict(model_kwargs or {})
+        if device == "auto":
+            device = "cuda" if th.cuda.is_available() else "cpu"
         self.model_name, self.device, self.batch_size, self.adapter = model, device, batch_size, adapter
         self.adapter_digest = ""
         self.dtype = dtype
