@@ -143,6 +143,29 @@ def test_save_load_identical_predictions_and_no_advisor_in_zip(tmp_path: Path) -
     PPO.load(path, device="cpu").predict(obs[:1])
 
 
+def test_a_save_mid_rollout_holds_no_rollout_buffer_and_advice_reaches_the_buffer(tmp_path: Path) -> None:
+    """The rollout's advice goes into the buffer from SB3's own collect loop (through the per-step
+    ``_update_info_buffer`` hook); a callback that saves mid-rollout must not pickle the buffer being filled."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class SaveAtStep(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.n_calls == 10:
+                self.model.save(tmp_path / "mid.zip")
+            return True
+
+    env = make_vec_env(_minigrid(reliability=0.8), n_envs=2, seed=0)
+    model = GuidedPPO("MlpPolicy", env, n_steps=32, batch_size=64, n_epochs=1, seed=0)
+    model.learn(64, callback=SaveAtStep())
+    assert model._collecting is None
+    with zipfile.ZipFile(tmp_path / "mid.zip") as zf:
+        data = zf.read("data").decode()
+    assert '"_collecting"' not in data and '"rollout_buffer":' not in data
+    buf = model.rollout_buffer
+    assert buf.advice_valid.size == 64 and buf.advice_valid.all()  # every row of the last rollout advised
+    assert np.allclose(buf.advice_targets.reshape(64, -1).sum(axis=1), 1.0)
+
+
 @pytest.mark.parametrize("squash", [False, True])
 def test_box_actions_are_pulled_toward_the_advised_action(squash: bool) -> None:
     """Continuous actions: −log π(a_v|s) moves PPO's Gaussian mean toward the advised action (env units; scaled to

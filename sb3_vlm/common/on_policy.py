@@ -134,6 +134,12 @@ class GuidedOnPolicyMixin:
         self.guidance_enabled = True
         self._seen_advice = False
         self._warned_no_advice = False
+        #: the rollout buffer while collect_rollouts runs (where _update_info_buffer puts each step's advice)
+        self._collecting: RolloutBuffer | None = None
+
+    def _excluded_save_params(self) -> list[str]:
+        # a save from a callback mid-rollout must not pickle the rollout buffer a second time
+        return [*super()._excluded_save_params(), "_collecting"]  # type: ignore[misc]
 
     def _setup_advised_buffer_class(self) -> None:
         if not isinstance(self.action_space, (spaces.Discrete, spaces.Box)):
@@ -184,107 +190,43 @@ class GuidedOnPolicyMixin:
         n_rollout_steps: int,
     ) -> bool:
         """
-        Adapted from ``OnPolicyAlgorithm.collect_rollouts`` (SB3 2.x): the additions (marked ``sb3-vlm``) store each
-        step's advice into the advised buffer (``rollout_buffer.add_advice``) just before ``rollout_buffer.add``, and
-        wait for non-blocking answers still missing once the rollout is collected.
+        SB3's ``OnPolicyAlgorithm.collect_rollouts`` with two hooks: each step's advice goes into the advised buffer
+        from :meth:`_update_info_buffer` (which SB3 calls once per step, just before ``rollout_buffer.add``), and once
+        the rollout is collected (before the callbacks' ``on_rollout_end``) the answers still missing are waited for
+        and the trust is updated from the rollout's advantages.
         """
-        algo: Any = self
-        assert algo._last_obs is not None, "No previous observation was provided"
         assert isinstance(rollout_buffer, (AdvisedRolloutBuffer, AdvisedDictRolloutBuffer))
-        # Switch to eval mode (this affects batch norm / dropout)
-        algo.policy.set_training_mode(False)
+        self._collecting = rollout_buffer
+        try:
+            done = super().collect_rollouts(  # type: ignore[misc]
+                env, _BeforeRolloutEnd(callback, lambda: self._finish_rollout(rollout_buffer)), rollout_buffer,
+                n_rollout_steps,
+            )  # fmt: skip
+        finally:
+            self._collecting = None
+        if done:
+            self._warn_if_no_advice()
+        return done
 
-        n_steps = 0
-        rollout_buffer.reset()
-        # Sample new weights for the state dependent exploration
-        if algo.use_sde:
-            algo.policy.reset_noise(env.num_envs)
+    def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
+        """SB3's episode bookkeeping, and during a rollout the step's advice for the row about to be added (info[t]
+        carries the advice for ``_last_obs``, the wrapper's time alignment)."""
+        super()._update_info_buffer(infos, dones)  # type: ignore[misc]
+        buffer = getattr(self, "_collecting", None)  # None outside a rollout (and in models saved before it)
+        if buffer is None:
+            return
+        self._seen_advice = self._seen_advice or any(self.advice_key in info for info in infos)
+        buffer.add_advice(
+            *advice_batch_from_infos(infos, self.action_space, self.advice_key),  # type: ignore[attr-defined]
+            pending=pending_in_infos(infos, self.advice_key),
+        )
 
-        callback.on_rollout_start()
-
-        while n_steps < n_rollout_steps:
-            if algo.use_sde and algo.sde_sample_freq > 0 and n_steps % algo.sde_sample_freq == 0:
-                # Sample a new noise matrix
-                algo.policy.reset_noise(env.num_envs)
-
-            with th.no_grad():
-                # Convert to pytorch tensor or to TensorDict
-                obs_tensor = obs_as_tensor(algo._last_obs, algo.device)  # type: ignore[arg-type]
-                actions, values, log_probs = algo.policy(obs_tensor)
-            actions = actions.cpu().numpy()
-
-            # Rescale and perform action
-            clipped_actions = actions
-
-            if isinstance(algo.action_space, spaces.Box):
-                if algo.policy.squash_output:
-                    clipped_actions = algo.policy.unscale_action(clipped_actions)
-                else:
-                    clipped_actions = np.clip(actions, algo.action_space.low, algo.action_space.high)
-
-            new_obs, rewards, dones, infos = env.step(clipped_actions)
-
-            algo.num_timesteps += env.num_envs
-
-            # Give access to local variables
-            callback.update_locals(locals())
-            if not callback.on_step():
-                return False
-
-            algo._update_info_buffer(infos, dones)
-            n_steps += 1
-
-            if isinstance(algo.action_space, spaces.Discrete):
-                # Reshape in case of discrete action
-                actions = actions.reshape(-1, 1)
-
-            # Handle timeout by bootstrapping with value function
-            # see GitHub issue #633
-            for idx, done in enumerate(dones):
-                if (
-                    done
-                    and infos[idx].get("terminal_observation") is not None
-                    and infos[idx].get("TimeLimit.truncated", False)
-                ):
-                    terminal_obs = algo.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
-                    with th.no_grad():
-                        terminal_value = algo.policy.predict_values(terminal_obs)[0]
-                    rewards[idx] += algo.gamma * terminal_value
-
-            # sb3-vlm: info[t] carries the advice for _last_obs (the wrapper's time alignment), store it with that row
-            self._seen_advice = self._seen_advice or any(self.advice_key in info for info in infos)
-            rollout_buffer.add_advice(
-                *advice_batch_from_infos(infos, algo.action_space, self.advice_key),
-                pending=pending_in_infos(infos, self.advice_key),
-            )
-            rollout_buffer.add(
-                algo._last_obs,
-                actions,
-                rewards,
-                algo._last_episode_starts,
-                values,
-                log_probs,
-            )
-            algo._last_obs = new_obs
-            algo._last_episode_starts = dones
-
-        # sb3-vlm: only now, and only for the answers still missing, does the rollout wait for its teacher
-        self._advice_late, self._advice_missed = rollout_buffer.wait_for_advice(self.advice_wait)
+    def _finish_rollout(self, rollout_buffer: RolloutBuffer) -> None:
+        """Only now, and only for the answers still missing, does the rollout wait for its teacher; then the
+        rollout's evidence about the advice moves the trust."""
+        self._advice_late, self._advice_missed = rollout_buffer.wait_for_advice(self.advice_wait)  # type: ignore[attr-defined]
         self._warn_if_advice_missed(rollout_buffer)
-
-        with th.no_grad():
-            # Compute value for the last timestep
-            values = algo.policy.predict_values(obs_as_tensor(new_obs, algo.device))  # type: ignore[arg-type]
-
-        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
-        self._update_trust(rollout_buffer)  # sb3-vlm: the rollout's evidence about the advice
-
-        callback.update_locals(locals())
-
-        callback.on_rollout_end()
-
-        self._warn_if_no_advice()
-        return True
+        self._update_trust(rollout_buffer)
 
     def _update_trust(self, rollout_buffer: RolloutBuffer) -> None:
         """
@@ -450,3 +392,28 @@ class GuidedOnPolicyMixin:
 
 
 __all__ = ["GuidedOnPolicyMixin", "evaluate_actions_with_distribution"]
+
+
+class _BeforeRolloutEnd(BaseCallback):
+    """Passes every call on to ``callback``, running ``before()`` first at the end of a rollout: the seam through
+    which the guided algorithms finish a rollout (advice, trust) inside SB3's own ``collect_rollouts``."""
+
+    def __init__(self, callback: BaseCallback, before: Any):
+        super().__init__()
+        self.callback, self.before = callback, before
+
+    def update_locals(self, locals_: dict[str, Any]) -> None:
+        self.callback.update_locals(locals_)
+
+    def on_rollout_start(self) -> None:
+        self.callback.on_rollout_start()
+
+    def on_step(self) -> bool:
+        return self.callback.on_step()
+
+    def on_rollout_end(self) -> None:
+        self.before()
+        self.callback.on_rollout_end()
+
+    def _on_step(self) -> bool:  # never called: on_step is passed on whole
+        return True
