@@ -20,6 +20,7 @@ from sb3_vlm import CallableAdvisor, ConstantAdvisor, VLMAdviceWrapper
 from sb3_vlm.advice import Advice, AdviceRequest
 from sb3_vlm.buffers import AdvisedDictReplayBuffer, AdvisedReplayBuffer
 from sb3_vlm.envs.pendulum import PendulumSwingUpOracle, make_pendulum_env, make_pixel_env
+from sb3_vlm.guidance.schedules import LinearDecayCoef
 from sb3_vlm.policies import AdviceCritic
 from sb3_vlm.sac import GuidedSAC, RandomAlternatingExploration, VERSettings, pretrain_advice_critic
 from sb3_vlm.sac.guided_sac import transition_nbytes
@@ -488,3 +489,18 @@ def test_a_replay_buffer_that_cannot_fit_fails_early_naming_buffer_size(monkeypa
     _memory(monkeypatch, 1_000_000)  # not even a batch of 256 frames fits
     with pytest.raises(ValueError, match=r"No replay buffer .* not even one batch of 256.*buffer_size"):
         GuidedSAC("CnnPolicy", env)
+
+
+def test_a_guidance_schedule_counts_guided_gradient_steps_only() -> None:
+    """Issue 17, item 16: APL's λ schedule counted every gradient step, so it annealed through COVR's cold start
+    (guidance held off) and the guidance began already decayed; GuidedPPO / A2C count guided updates only."""
+    schedule = LinearDecayCoef(initial=2.0, delta=0.5, every=10, floor=0.1)
+    model = GuidedSAC(
+        "MlpPolicy", _counter_env(), method="apl", guidance_coef=schedule, **{**SMALL, "learning_starts": 10}
+    )
+    model.guidance_enabled = False  # the cold start: 40 gradient steps without guidance
+    model.learn(50)
+    assert model._n_updates == 40 and model.current_guidance_coef == 2.0
+    model.guidance_enabled = True
+    model.learn(20, reset_num_timesteps=False)
+    assert model._n_guided_updates == 20 and model.current_guidance_coef == 1.0  # 2 − 0.5 · ⌊20 / 10⌋

@@ -295,6 +295,8 @@ class GuidedSAC(SAC):
         self.advice_key = advice_key
         #: set False to hold the guidance loss off (e.g. COVR's cold start before the first fine-tuning rounds)
         self.guidance_enabled = True
+        #: gradient steps taken with the guidance term on: the clock of a guidance_coef schedule
+        self._n_guided_updates = 0
         # the module itself is excluded from the zip's data; its constructor kwargs are not, to rebuild it on load
         self.advice_critic = advice_critic if isinstance(advice_critic, AdviceCritic) else None
         self.advice_critic_kwargs = self.advice_critic.constructor_kwargs() if self.advice_critic is not None else None
@@ -504,7 +506,9 @@ class GuidedSAC(SAC):
     @property
     def current_guidance_coef(self) -> float:
         schedule = as_coef_schedule(self.guidance_coef, "guidance_coef")  # checks each value of a custom schedule
-        return float(schedule(self._n_updates, self._current_progress_remaining))
+        # a schedule counts guided gradient steps only (as GuidedPPO / A2C count guided updates), so APL's decay does
+        # not run down during COVR's cold start; a model saved before this counter counts all of its steps
+        return float(schedule(getattr(self, "_n_guided_updates", self._n_updates), self._current_progress_remaining))
 
     def _critic_features(self, obs: PyTorchObs) -> th.Tensor:
         with th.no_grad():
@@ -707,6 +711,8 @@ class GuidedSAC(SAC):
                 polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
 
         self._n_updates += gradient_steps
+        if guide:  # sb3-vlm: the guidance schedule's clock
+            self._n_guided_updates = getattr(self, "_n_guided_updates", 0) + gradient_steps
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/ent_coef", np.mean(ent_coefs))
