@@ -136,6 +136,60 @@ def _advise(args: argparse.Namespace) -> int:
     return 0 if advice.valid else 1
 
 
+def _label(args: argparse.Namespace) -> int:
+    from sb3_vlm.advisors.batch import BatchLabeller, load_views, save_views
+    from sb3_vlm.advisors.factory import advisor_from_spec
+    from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
+    from sb3_vlm.advisors.prompts import BUILTIN_PROMPTS
+    from sb3_vlm.experiments.runs import advisor_kwargs, make_env_bundle
+    from sb3_vlm.wrappers.advice import fit_teacher_view
+
+    def fail(message: str) -> int:
+        print(f"sb3-vlm label: {message}", file=sys.stderr)
+        return 2
+
+    if not args.advisor.startswith("openai:"):
+        return fail(
+            f"the Batch API is an OpenAI-compatible server's: give --advisor openai:MODEL, not {args.advisor!r}"
+        )
+    try:
+        env, prompt, _ = make_env_bundle(args.env)
+        if args.prompt is not None:
+            prompt = BUILTIN_PROMPTS[args.prompt]
+        if prompt is None:
+            return fail(f"{args.env} has no default prompt: give --prompt")
+        advisor = advisor_from_spec(
+            args.advisor, prompt, **advisor_kwargs(args.advisor, args.base_url, args.api_key_env)
+        )
+    except (ValueError, ImportError, KeyError) as exc:
+        return fail(str(exc))
+    assert isinstance(advisor, OpenAIAdvisor)
+    views_path = Path(args.views)
+    if args.collect:
+        fit_teacher_view(env, advisor)  # the view training shows this advisor, so the keys are training's
+        env.reset(seed=args.seed)
+        env.action_space.seed(args.seed)
+        views = []
+        for _ in range(args.collect):
+            request = env.get_wrapper_attr("teacher_request")()
+            request.action_space = env.action_space
+            views.append(request)
+            if any(env.step(env.action_space.sample())[2:4]):
+                env.reset()
+        save_views(views_path, views)
+        print(f"{len(views)} views of {args.env} (random play) saved to {views_path}")
+    elif not views_path.exists():
+        return fail(f"no views file {views_path} (write one with sb3_vlm.advisors.batch.save_views, or --collect N)")
+    try:
+        views = load_views(views_path, env.action_space)
+        labeller = BatchLabeller(advisor, args.cache, poll_interval=args.poll, deadline=args.deadline)
+    except (ValueError, TypeError, OSError) as exc:
+        return fail(str(exc))
+    report = labeller.label(views)
+    print(json.dumps(report.as_dict(), indent=1))
+    return 0 if not report.errors and report.failed == 0 else 1
+
+
 ENV_HELP = "a suite name (see `sb3-vlm envs`), sb3_vlm/<name>-v0, any MiniGrid-* id, Pendulum-v1 or a Gymnasium id"
 
 
@@ -428,6 +482,28 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--steps", type=int, default=0, help="random steps before asking (default: %(default)s)")
     advise.add_argument("--save-image", default=None, help="save the teacher's image to this PNG")
     advise.set_defaults(func=_advise)
+
+    label = sub.add_parser(
+        "label",
+        help="pre-fill an advice cache for stored views through an OpenAI-compatible Batch API (batch price)",
+        description="Send the views in VIEWS (an .npz from sb3_vlm.advisors.batch.save_views, or --collect N views "
+        "by random play) that the cache does not hold yet as one batch (upload, create, poll, download), and store "
+        "the usable answers under the keys the training run with the same --advisor, --env and --cache looks up. "
+        "Prints a JSON report; exit code 1 when some views got no answer or the server reported errors.",
+    )
+    label.add_argument("views", help="the views file (.npz); written first with --collect")
+    label.add_argument("--env", required=True, help=f"{ENV_HELP}: the action space, prompt and teacher view")
+    label.add_argument("--advisor", required=True, help="openai:MODEL (the advisor training will use)")
+    _add_advisor_options(label)
+    label.add_argument("--cache", required=True, help="the cache file or redis:// URL training will read")
+    label.add_argument("--prompt", default=None, help="a built-in prompt name (default: the env's)")
+    label.add_argument("--collect", type=int, default=0, metavar="N", help="collect N views by random play first")
+    label.add_argument("--seed", type=int, default=0, help="env seed for --collect (default: %(default)s)")
+    label.add_argument("--poll", type=float, default=30.0, help="seconds between status polls (default: %(default)s)")
+    label.add_argument(
+        "--deadline", type=float, default=24 * 3600.0, help="seconds to wait before cancelling (default: %(default)s)"
+    )
+    label.set_defaults(func=_label)
 
     train = sub.add_parser(
         "train",

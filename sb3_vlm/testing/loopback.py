@@ -209,3 +209,127 @@ class FineTuningService:
             self.chat_models.append(str(body.get("model")))
             return Reply(body=chat_completion(self.answer))
         return Reply(status=404, body={"error": {"message": f"unknown path {path}", "type": "invalid_request_error"}})
+
+
+def multipart_file(raw: bytes) -> bytes:
+    """The content of the ``file`` part of a multipart/form-data body (what ``files.create`` uploads)."""
+    delimiter = raw.split(b"\r\n", 1)[0]
+    for part in raw.split(delimiter):
+        head, _, content = part.partition(b"\r\n\r\n")
+        if b'name="file"' in head:
+            return content[:-2] if content.endswith(b"\r\n") else content
+    return b""
+
+
+class BatchService:
+    """
+    The Batch API of an OpenAI-compatible server, for :class:`LoopbackServer`'s ``responder``: ``POST /files``
+    (a JSONL of requests), ``POST /batches``, ``GET /batches/{id}``, ``POST /batches/{id}/cancel`` and
+    ``GET /files/{id}/content`` (the output and error files). Each line is answered by ``answer(body)``: a text
+    (a chat completion), or None for a line that fails (it goes to the error file).
+
+    :param answer: maps a request line's body to the completion's text
+    :param outcome: ``"completed"`` (after ``polls`` status reads), ``"failed"`` (no output) or ``"never"``
+        (stays ``in_progress`` until cancelled; a cancelled batch keeps the lines it answered: none here)
+    :param polls: status reads before a batch completes
+    :param tokens: prompt + answer tokens each answer reports (one of them the answer's)
+    """
+
+    def __init__(
+        self,
+        answer: Callable[[dict[str, Any]], str | None],
+        outcome: str = "completed",
+        polls: int = 2,
+        tokens: int = 101,
+    ):
+        if outcome not in ("completed", "failed", "never"):
+            raise ValueError(f"outcome must be 'completed', 'failed' or 'never', got {outcome!r}")
+        self.answer, self.outcome, self.polls, self.tokens = answer, outcome, polls, tokens
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.reads: dict[str, int] = {}
+        self.chat_calls = 0
+
+    def _file(self, content: bytes, purpose: str, name: str) -> Reply:
+        file_id = f"file-{len(self.files) + 1}"
+        self.files[file_id] = content
+        body = {"id": file_id, "object": "file", "bytes": len(content), "created_at": 0, "filename": name,
+                "purpose": purpose, "status": "processed"}  # fmt: skip
+        return Reply(body=body)
+
+    def _finish(self, batch: dict[str, Any]) -> None:
+        out, err = [], []
+        for i, line in enumerate(self.files[batch["input_file_id"]].decode().splitlines()):
+            row = json.loads(line)
+            text = self.answer(row["body"])
+            rid = f"batch_req_{i}"
+            if text is None:
+                error = {"error": {"message": "the model refused the request", "type": "server_error"}}
+                err.append(
+                    {
+                        "id": rid,
+                        "custom_id": row["custom_id"],
+                        "response": {"status_code": 500, "request_id": rid, "body": error},
+                        "error": None,
+                    }
+                )
+            else:
+                body = chat_completion(text, tokens=self.tokens)
+                out.append(
+                    {
+                        "id": rid,
+                        "custom_id": row["custom_id"],
+                        "response": {"status_code": 200, "request_id": rid, "body": body},
+                        "error": None,
+                    }
+                )
+        for rows, key in ((out, "output_file_id"), (err, "error_file_id")):
+            if rows:
+                content = "\n".join(json.dumps(r) for r in rows).encode() + b"\n"
+                batch[key] = self._file(content, "batch_output", f"{key}.jsonl").body["id"]  # type: ignore[index]
+        batch["status"] = "completed"
+        batch["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
+
+    def __call__(self, path: str, body: dict[str, Any]) -> Reply:
+        path = path.split("?")[0].rstrip("/")
+        if path.endswith("/files"):
+            return self._file(multipart_file(body.get("_raw", b"")), "batch", "views.jsonl")
+        if "/files/" in path and path.endswith("/content"):
+            file_id = path.split("/files/")[1].split("/")[0]
+            if file_id not in self.files:
+                return Reply(
+                    status=404, body={"error": {"message": f"no file {file_id}", "type": "invalid_request_error"}}
+                )
+            return Reply(body=self.files[file_id].decode())
+        if path.endswith("/batches"):
+            batch_id = f"batch_{len(self.batches) + 1}"
+            self.batches[batch_id] = {
+                "id": batch_id, "object": "batch", "endpoint": body.get("endpoint"), "errors": None,
+                "input_file_id": body.get("input_file_id"), "completion_window": body.get("completion_window"),
+                "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": 0,
+            }  # fmt: skip
+            self.reads[batch_id] = 0
+            return Reply(body=self.batches[batch_id])
+        if "/batches/" in path:
+            batch_id = path.split("/batches/")[1].split("/")[0]
+            if batch_id not in self.batches:
+                return Reply(
+                    status=404, body={"error": {"message": f"no batch {batch_id}", "type": "invalid_request_error"}}
+                )
+            batch = self.batches[batch_id]
+            if path.endswith("/cancel"):
+                batch["status"] = "cancelled"
+                return Reply(body=batch)
+            self.reads[batch_id] += 1
+            if batch["status"] in ("validating", "in_progress"):
+                batch["status"] = "in_progress"
+                if self.outcome != "never" and self.reads[batch_id] >= self.polls:
+                    if self.outcome == "completed":
+                        self._finish(batch)
+                    else:
+                        batch["status"] = "failed"
+            return Reply(body=batch)
+        if path.endswith("/chat/completions"):
+            self.chat_calls += 1
+            return Reply(body=chat_completion(self.answer(body) or "", tokens=self.tokens))
+        return Reply(status=404, body={"error": {"message": f"unknown path {path}", "type": "invalid_request_error"}})
