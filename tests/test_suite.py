@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from gymnasium import spaces
@@ -106,3 +108,28 @@ def test_one_suite_run_records_curve_eval_and_guidance_trace() -> None:
     assert out["curve_steps"] and len(out["curve_steps"]) == len(out["curve_returns"])
     assert np.isfinite(out["eval_return"])
     assert out["trace"] and {"teacher_trust", "teacher_coef", "advice_gated_frac"} <= set(out["trace"][0])
+
+
+def _replacing_worker(job: dict) -> dict:
+    """A run during which the log is replaced by a copy of itself (what `git stash` / `git checkout` do)."""
+    import os
+    from pathlib import Path
+
+    if job["replace"]:
+        log = Path(job["log"])
+        tmp = log.with_suffix(".tmp")
+        tmp.write_text(log.read_text())
+        os.replace(tmp, log)
+    return {**job, "done": True}
+
+
+def test_a_sweep_log_replaced_while_the_sweep_runs_keeps_every_line(tmp_path) -> None:
+    """A handle held open for the whole sweep wrote every line after such a replacement into the replaced file:
+    ten runs of a real sweep were lost that way."""
+    from sb3_vlm.experiments.runner import run_jobs
+
+    log = tmp_path / "runs.jsonl"
+    jobs = [dict(id=i, replace=(i == 1), log=str(log)) for i in range(4)]
+    runs = run_jobs(jobs, _replacing_worker, lambda j: j["id"], log, workers=1)
+    assert sorted(r["id"] for r in runs) == [0, 1, 2, 3]
+    assert sorted(json.loads(line)["id"] for line in log.read_text().splitlines()) == [0, 1, 2, 3]

@@ -40,11 +40,13 @@ def run_jobs(
     start = time.time()
     if todo:
         log.parent.mkdir(parents=True, exist_ok=True)
-        with mp.get_context("fork").Pool(workers) as pool, log.open("a") as sink:
+        with mp.get_context("fork").Pool(workers) as pool:
             for i, r in enumerate(pool.imap_unordered(worker, todo), 1):
                 runs.append(r)
-                sink.write(json.dumps(r) + "\n")
-                sink.flush()
+                # opened for each line: a log replaced while the sweep runs (a git checkout, another sweep's
+                # rewrite) gets the line, where a handle held open would write into the replaced file, lost
+                with log.open("a") as sink:
+                    sink.write(json.dumps(r) + "\n")
                 print(f"[{i}/{len(todo)} {time.time() - start:5.0f}s] {describe(r)}", flush=True)
     if report_only:
         return runs
