@@ -28,6 +28,7 @@ from sb3_vlm.guidance.actor_guidance import gaussian_transition_loss
 from sb3_vlm.guidance.schedules import CoefSchedule, LinearDecayCoef, as_coef_schedule
 from sb3_vlm.policies.advice_critic import AdviceCritic
 from sb3_vlm.policies.transition import TransitionModel
+from sb3_vlm.sac.augmentation import RandomShift
 from sb3_vlm.sac.exploration import RandomAlternatingExploration
 from sb3_vlm.sac.terms import (
     ActionMSETerm,
@@ -191,6 +192,10 @@ class GuidedSAC(SAC):
     :param advice_exploration: act with the advisor's actions in some phases of training, e.g.
         :class:`~sb3_vlm.sac.RandomAlternatingExploration` (used to pre-train C_V)
     :param advice_key: the info key of the advice
+    :param augmentation: ``"shift"``: DrQ's random shifts of the sampled image observations and next observations
+        by up to ``augmentation_pad`` pixels (:mod:`sb3_vlm.sac.augmentation`), for learning from pixels; None
+        (default): SAC's updates unchanged
+    :param augmentation_pad: the largest shift in pixels (DrQ: 4 for 84×84 frames)
     """
 
     advice_critic: AdviceCritic | None
@@ -239,6 +244,8 @@ class GuidedSAC(SAC):
         advice_warmup: bool = False,
         advice_exploration: RandomAlternatingExploration | None = None,
         advice_key: str = ADVICE_INFO_KEY,
+        augmentation: Literal["shift"] | None = None,
+        augmentation_pad: int = 4,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -293,6 +300,12 @@ class GuidedSAC(SAC):
         self.advice_warmup = advice_warmup
         self.advice_exploration = advice_exploration
         self.advice_key = advice_key
+        if augmentation not in (None, "shift"):
+            raise ValueError(f"augmentation must be 'shift' or None, got {augmentation!r}")
+        if not (isinstance(augmentation_pad, int) and augmentation_pad >= 0):
+            raise ValueError(f"augmentation_pad must be an int >= 0 (pixels), got {augmentation_pad!r}")
+        self.augmentation, self.augmentation_pad = augmentation, augmentation_pad
+        self._augment: RandomShift | None = None
         #: set False to hold the guidance loss off (e.g. COVR's cold start before the first fine-tuning rounds)
         self.guidance_enabled = True
         #: gradient steps taken with the guidance term on: the clock of a guidance_coef schedule
@@ -405,6 +418,9 @@ class GuidedSAC(SAC):
             )
         self.replay_buffer_kwargs = {"advice_key": self.advice_key, **self.replay_buffer_kwargs}
         super()._setup_model()
+        # models saved before augmentation existed have neither attribute
+        augmentation = getattr(self, "augmentation", None)
+        self._augment = None if augmentation is None else RandomShift(self.observation_space, self.augmentation_pad)
 
         if self.ver is not None and self.log_ent_coef is None:
             raise ValueError("VER regularises a learned entropy coefficient: use ent_coef='auto' or pass ver=False")
@@ -601,6 +617,11 @@ class GuidedSAC(SAC):
             replay_data = cast(  # sb3-vlm: the advised buffers' samples carry the advice columns
                 AdvisedReplayBufferSamples, self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
             )
+            if self._augment is not None:  # sb3-vlm: DrQ's random shifts, drawn afresh for each batch
+                replay_data = replay_data._replace(
+                    observations=self._augment(replay_data.observations),  # type: ignore[arg-type]  # Dict obs too
+                    next_observations=self._augment(replay_data.next_observations),  # type: ignore[arg-type]
+                )
             # For n-step replay, discount factor is gamma**n_steps (when no early termination)
             discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
 
@@ -741,6 +762,7 @@ class GuidedSAC(SAC):
             "transition_optimizer",
             "guidance_term",
             "ver_term",
+            "_augment",
         ]
 
     #: the zip member holding the guidance modules' state dicts. Not a ``.pth`` file, so plain ``SAC.load`` (which
