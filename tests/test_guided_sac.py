@@ -6,6 +6,7 @@ import io
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -247,6 +248,43 @@ def test_without_advice_guided_sac_is_bit_identical_to_sac(make_env, method: str
     assert th.equal(sac.log_ent_coef, guided.log_ent_coef)
 
 
+def _constant_advice_env() -> gym.Env:
+    return VLMAdviceWrapper(make_pendulum_env(), ConstantAdvisor(0.5))
+
+
+@pytest.mark.parametrize("method", ["erpv", "varl", "covr"])
+def test_advice_that_ignores_the_view_leaves_guided_sac_bit_identical_to_sac(method: str) -> None:
+    """ERPv's constant "worst model": every transition is advised, with the same action whatever the state, so the
+    advice's diversity is 0 < min_advice_diversity and neither the guidance nor VER applies; with the check off,
+    the same advice changes the run."""
+    kwargs = {**SMALL, "learning_starts": 50, "batch_size": 32, "seed": 3}
+    sac = SAC("MlpPolicy", make_pendulum_env(), **kwargs).learn(300)
+    guided = GuidedSAC("MlpPolicy", _constant_advice_env(), method=method, **kwargs).learn(300)
+    assert guided.replay_buffer.advice_valid[:300].all() and guided.advice_diversity() == 0.0
+    assert guided.logger.name_to_value["train/advice_diversity"] == 0.0
+    for name, value in sac.policy.state_dict().items():
+        assert th.equal(value, guided.policy.state_dict()[name]), name
+    unchecked = GuidedSAC("MlpPolicy", _constant_advice_env(), method=method, min_advice_diversity=0.0, **kwargs)
+    unchecked.learn(300)
+    assert not all(th.equal(v, unchecked.policy.state_dict()[k]) for k, v in sac.policy.state_dict().items())
+
+
+def test_advice_diversity_reads_the_latest_advised_transitions() -> None:
+    model = GuidedSAC("MlpPolicy", _pendulum(), **{**SMALL, "learning_starts": 10_000}, diversity_window=4)
+    assert model.advice_diversity() == 1.0  # nothing advised yet: no evidence of sameness
+    model.learn(8)
+    buf = model.replay_buffer
+    buf.advice_actions[:8, 0, 0] = [0.9, 0.9, 0.9, 0.9, 0.0, 0.0, 0.0, 0.0]  # the latest four agree
+    buf.advice_valid[:8] = 1.0
+    assert model.advice_diversity() == 0.0
+    buf.advice_actions[7, 0, 0] = 0.5  # one of the four differs by more than 5 % of the range
+    assert model.advice_diversity() == pytest.approx(0.25)
+    buf.advice_valid[4:8] = 0.0  # unadvised rows are left out: the window holds no advised row
+    assert model.advice_diversity() == 1.0
+    with pytest.raises(ValueError, match="min_advice_diversity"):
+        GuidedSAC("MlpPolicy", _pendulum(), min_advice_diversity=1.0)
+
+
 def test_advice_critic_stays_frozen_and_receives_no_gradient() -> None:
     critic = AdviceCritic(spaces.Box(-8, 8, (3,)), BOX, net_arch=[8])
     before = {k: v.clone() for k, v in critic.state_dict().items()}
@@ -298,7 +336,8 @@ def test_guidance_pulls_the_policy_toward_the_advised_action() -> None:
     results = {}
     for method in ("sac", "covr", "varl"):
         # VARL's own gate: the value gate would (rightly) close where a constant torque is not better
-        extra = dict(bc_value_gate=False) if method == "varl" else {}
+        extra: dict[str, Any] = dict(bc_value_gate=False) if method == "varl" else {}
+        extra["min_advice_diversity"] = 0.0  # the term's own pull: a constant teacher is otherwise not imitated
         model = GuidedSAC(
             "MlpPolicy", _pendulum(ConstantAdvisor(1.8)), method=method, **{**SMALL, "learning_rate": 3e-3}, **extra
         )

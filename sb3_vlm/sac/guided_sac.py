@@ -26,6 +26,7 @@ from sb3_vlm.advice import ADVICE_INFO_KEY, advice_to_target
 from sb3_vlm.buffers import AdvisedDictReplayBuffer, AdvisedReplayBuffer, AdvisedReplayBufferSamples
 from sb3_vlm.guidance.actor_guidance import gaussian_transition_loss
 from sb3_vlm.guidance.schedules import CoefSchedule, LinearDecayCoef, as_coef_schedule
+from sb3_vlm.guidance.trust import advice_diversity
 from sb3_vlm.policies.advice_critic import AdviceCritic
 from sb3_vlm.policies.transition import TransitionModel
 from sb3_vlm.sac.augmentation import RandomShift
@@ -192,6 +193,12 @@ class GuidedSAC(SAC):
     :param advice_exploration: act with the advisor's actions in some phases of training, e.g.
         :class:`~sb3_vlm.sac.RandomAlternatingExploration` (used to pre-train C_V)
     :param advice_key: the info key of the advice
+    :param min_advice_diversity: the least share of the last ``diversity_window`` advised transitions whose advice
+        is more than 5 % of the action range away from their median (in some coordinate) for the guidance (and VER)
+        to apply at all; below it the advice ignores the view (ERPv's constant "worst model", a VLM that says the
+        same whatever it sees), teaches nothing a state-independent bias would not, and the update is SAC's. 0: off.
+        The same check as GuidedPPO's (:class:`~sb3_vlm.guidance.trust.TrustSettings`)
+    :param diversity_window: the advised transitions (the latest in the replay buffer) the diversity is measured on
     :param augmentation: ``"shift"``: DrQ's random shifts of the sampled image observations and next observations
         by up to ``augmentation_pad`` pixels (:mod:`sb3_vlm.sac.augmentation`), for learning from pixels; None
         (default): SAC's updates unchanged
@@ -244,6 +251,8 @@ class GuidedSAC(SAC):
         advice_warmup: bool = False,
         advice_exploration: RandomAlternatingExploration | None = None,
         advice_key: str = ADVICE_INFO_KEY,
+        min_advice_diversity: float = 0.05,
+        diversity_window: int = 512,
         augmentation: Literal["shift"] | None = None,
         augmentation_pad: int = 4,
         stats_window_size: int = 100,
@@ -305,6 +314,11 @@ class GuidedSAC(SAC):
         if not (isinstance(augmentation_pad, int) and augmentation_pad >= 0):
             raise ValueError(f"augmentation_pad must be an int >= 0 (pixels), got {augmentation_pad!r}")
         self.augmentation, self.augmentation_pad = augmentation, augmentation_pad
+        if not 0.0 <= min_advice_diversity < 1.0:
+            raise ValueError(f"min_advice_diversity must be in [0, 1), got {min_advice_diversity}")
+        if diversity_window < 2:
+            raise ValueError(f"diversity_window must be >= 2 transitions, got {diversity_window}")
+        self.min_advice_diversity, self.diversity_window = float(min_advice_diversity), int(diversity_window)
         self._augment: RandomShift | None = None
         #: set False to hold the guidance loss off (e.g. COVR's cold start before the first fine-tuning rounds)
         self.guidance_enabled = True
@@ -519,6 +533,23 @@ class GuidedSAC(SAC):
             return False
         return self.guidance_cutoff is None or self.num_timesteps < self.guidance_cutoff
 
+    def advice_diversity(self) -> float:
+        """
+        :func:`~sb3_vlm.guidance.trust.advice_diversity` of the latest ``diversity_window`` advised transitions in the
+        replay buffer (advice in [-1, 1] units, so 5 % of the range is 0.1); 1.0 while fewer than two are advised.
+        """
+        buf = self.replay_buffer
+        if buf is None:
+            return 1.0
+        rows = max(self.diversity_window // buf.n_envs, 1)
+        end = buf.buffer_size if buf.full and buf.pos == 0 else buf.pos
+        index = np.arange(end - rows, end) % buf.buffer_size if buf.full else np.arange(max(end - rows, 0), end)
+        valid = buf.advice_valid[index].reshape(-1) > 0
+        if not valid.any():
+            return 1.0
+        advice = buf.advice_actions[index].reshape(valid.size, -1)[valid]
+        return advice_diversity(advice, discrete=False, scale=2.0)
+
     @property
     def current_guidance_coef(self) -> float:
         schedule = as_coef_schedule(self.guidance_coef, "guidance_coef")  # checks each value of a custom schedule
@@ -604,7 +635,11 @@ class GuidedSAC(SAC):
         # sb3-vlm
         buffer = self.replay_buffer
         buffer.resolve_pending()  # rows whose non-blocking advice has arrived since the last phase get it now
-        guide = self.guidance_active and self.guidance_term is not None
+        # advice that ignores the view is not imitated, nor does it steer the entropy (see min_advice_diversity)
+        min_diversity = getattr(self, "min_advice_diversity", 0.0)  # 0: models saved before the check
+        diversity = self.advice_diversity() if min_diversity > 0 else 1.0
+        diverse = diversity >= min_diversity
+        guide = self.guidance_active and self.guidance_term is not None and diverse
         coef = self.current_guidance_coef if guide else 0.0
         logs: dict[str, list[float]] = {}
 
@@ -657,7 +692,7 @@ class GuidedSAC(SAC):
                 assert isinstance(self.target_entropy, float)
                 ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
                 # sb3-vlm: VER, ERPv eq. 7: L_α + λ2 mean_i Q_f,i (α − ᾱ_i)² (M7 drops L_α)
-                if self.ver_term is not None and batch.has_advice:
+                if self.ver_term is not None and batch.has_advice and diverse:
                     ver_loss, ver_stats = self.ver_term.loss(batch, th.exp(self.log_ent_coef), features, next_features)
                     log(ver_loss=ver_loss.item(), **ver_stats)
                     ver = self.ver_term.settings
@@ -736,6 +771,8 @@ class GuidedSAC(SAC):
             self._n_guided_updates = getattr(self, "_n_guided_updates", 0) + gradient_steps
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if min_diversity > 0:
+            self.logger.record("train/advice_diversity", diversity)
         self.logger.record("train/ent_coef", np.mean(ent_coefs))
         self.logger.record("train/actor_loss", np.mean(actor_losses))
         self.logger.record("train/critic_loss", np.mean(critic_losses))
