@@ -33,9 +33,9 @@ def random_shift(images: th.Tensor, pad: int = 4, generator: th.Generator | None
     n, c, h, w = images.shape
     padded = F.pad(images.float(), (pad, pad, pad, pad), mode="replicate")
     device = images.device
-    dy = th.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device if generator else device)
-    dx = th.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device if generator else device)
-    dy, dx = dy.to(device), dx.to(device)
+    # offsets drawn where the generator lives (a CPU generator for CUDA images), then moved to the images
+    offsets = th.randint(0, 2 * pad + 1, (2, n), generator=generator, device=generator.device if generator else device)
+    dy, dx = offsets.to(device)
     rows = (th.arange(h, device=device)[None, :] + dy[:, None])[:, None, :, None]  # (N, 1, H, 1)
     cols = (th.arange(w, device=device)[None, :] + dx[:, None])[:, None, None, :]  # (N, 1, 1, W)
     batch = th.arange(n, device=device)[:, None, None, None]

@@ -542,8 +542,8 @@ class GuidedSAC(SAC):
         if buf is None:
             return 1.0
         rows = max(self.diversity_window // buf.n_envs, 1)
-        end = buf.buffer_size if buf.full and buf.pos == 0 else buf.pos
-        index = np.arange(end - rows, end) % buf.buffer_size if buf.full else np.arange(max(end - rows, 0), end)
+        pos = buf.pos
+        index = np.arange(pos - rows, pos) % buf.buffer_size if buf.full else np.arange(max(pos - rows, 0), pos)
         valid = buf.advice_valid[index].reshape(-1) > 0
         if not valid.any():
             return 1.0
