@@ -129,7 +129,10 @@ def test_a_sweep_log_replaced_while_the_sweep_runs_keeps_every_line(tmp_path) ->
     from sb3_vlm.experiments.runner import run_jobs
 
     log = tmp_path / "runs.jsonl"
-    jobs = [dict(id=i, replace=(i == 1), log=str(log)) for i in range(4)]
+    # a line from an earlier sweep, so the file exists whenever the replacing run starts (the pool runs jobs
+    # ahead of the parent's writes: a log created by this sweep may not exist yet when job 0 runs)
+    log.write_text(json.dumps(dict(id=-1)) + "\n")
+    jobs = [dict(id=i, replace=(i == 0), log=str(log)) for i in range(4)]
     runs = run_jobs(jobs, _replacing_worker, lambda j: j["id"], log, workers=1)
     assert sorted(r["id"] for r in runs) == [0, 1, 2, 3]
-    assert sorted(json.loads(line)["id"] for line in log.read_text().splitlines()) == [0, 1, 2, 3]
+    assert sorted(json.loads(line)["id"] for line in log.read_text().splitlines()) == [-1, 0, 1, 2, 3]
