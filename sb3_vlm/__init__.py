@@ -34,7 +34,7 @@ from sb3_vlm.finetune import LoraSettings, VLMFineTuneCallback
 from sb3_vlm.guidance import ConstantCoef, KickstartingCoef, LinearDecayCoef, TrustSettings
 from sb3_vlm.policies import AdviceCritic
 from sb3_vlm.ppo import GuidedPPO
-from sb3_vlm.sac import GuidedSAC, RandomAlternatingExploration, VERSettings, pretrain_advice_critic
+from sb3_vlm.sac import GuidedSAC, RandomAlternatingExploration, TeacherEpisodes, VERSettings, pretrain_advice_critic
 from sb3_vlm.wrappers import VecVLMAdviceWrapper, VLMAdviceWrapper
 
 __version__ = "0.1.0"
@@ -70,6 +70,7 @@ __all__ = [
     "PendulumSwingUpOracle",
     "RandomAdvisor",
     "RandomAlternatingExploration",
+    "TeacherEpisodes",
     "TrustSettings",
     "VERSettings",
     "VLMAdviceWrapper",

@@ -28,6 +28,7 @@ _MODULES = {
     ],
     "carla": ["CarlaEnv", "action_to_control", "highway_reward", "jaywalk_reward", "make_carla_env"],
     "minigrid": ["MiniGridOracle", "MiniGridTeacherView", "make_minigrid_env"],
+    "mountain_car": ["MountainCarOracle", "make_mountain_car_env"],
     "mujoco_state": ["TEACHERS_DIR", "StateTeacherView", "load_teacher", "make_state_env", "teacher_path"],
     "pendulum": [
         "PendulumSwingUpOracle",

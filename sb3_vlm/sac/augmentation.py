@@ -9,7 +9,6 @@ learning control from pixels without a pretrained encoder.
 from __future__ import annotations
 
 import torch as th
-import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import is_image_space
 
@@ -31,16 +30,17 @@ def random_shift(images: th.Tensor, pad: int = 4, generator: th.Generator | None
     if pad == 0:
         return images
     n, c, h, w = images.shape
-    padded = F.pad(images.float(), (pad, pad, pad, pad), mode="replicate")
-    device = images.device
-    # offsets drawn where the generator lives (a CPU generator for CUDA images), then moved to the images
-    offsets = th.randint(0, 2 * pad + 1, (2, n), generator=generator, device=generator.device if generator else device)
-    dy, dx = offsets.to(device)
-    rows = (th.arange(h, device=device)[None, :] + dy[:, None])[:, None, :, None]  # (N, 1, H, 1)
-    cols = (th.arange(w, device=device)[None, :] + dx[:, None])[:, None, None, :]  # (N, 1, 1, W)
-    batch = th.arange(n, device=device)[:, None, None, None]
-    channel = th.arange(c, device=device)[None, :, None, None]
-    return padded[batch, channel, rows, cols].to(images.dtype)
+    # replicate padding in the images' own dtype (uint8 frames stay 1 byte a pixel): edge rows, then edge columns
+    rows = th.cat([images[:, :, :1].expand(n, c, pad, w), images, images[:, :, -1:].expand(n, c, pad, w)], dim=2)
+    left, right = rows[..., :1].expand(n, c, h + 2 * pad, pad), rows[..., -1:].expand(n, c, h + 2 * pad, pad)
+    padded = th.cat([left, rows, right], dim=3)
+    # offsets drawn where the generator lives (a CPU generator for CUDA images)
+    offsets = th.randint(0, 2 * pad + 1, (2, n), generator=generator, device=generator.device if generator else None)
+    out = th.empty_like(images)
+    # one slice copy per sample: a gather over (N, C, H, W) index tensors took 5x longer for 256 frames of 9x84x84
+    for i, (dy, dx) in enumerate(zip(*offsets.tolist(), strict=True)):
+        out[i] = padded[i, :, dy : dy + h, dx : dx + w]
+    return out
 
 
 class RandomShift:

@@ -1,4 +1,4 @@
-"""Who acts during data collection: ERPv's Random Alternating Exploration (appendix D.1)."""
+"""Who acts during data collection: ERPv's Random Alternating Exploration (appendix D.1) and teacher episodes."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ class RandomAlternatingExploration:
             self.reset(n_envs)
         return self.advisor_turn.copy()
 
-    def step(self, dones: np.ndarray) -> None:
-        """Advance one env step; ``dones`` start a new episode (with a new phase length)."""
+    def step(self, dones: np.ndarray, rewards: np.ndarray | None = None, allowed: bool = True) -> None:
+        """Advance one env step; ``dones`` start a new episode (with a new phase length). Rewards are not used."""
         if self.n_envs == 0:
             self.reset(len(dones))
         self.steps_in_phase += 1
@@ -62,3 +62,84 @@ class RandomAlternatingExploration:
 
     def __repr__(self) -> str:
         return f"RandomAlternatingExploration({self.min_phase}, {self.max_phase})"
+
+
+class TeacherEpisodes:
+    """
+    Whole episodes acted by the advisor, for as long as they return more than the learner's own (off-policy
+    exploration by the teacher, with its share decided by the run's evidence).
+
+    A teacher's actions are safest as *data*: the critic evaluates them like any other transitions, and where they
+    are wrong it learns that, instead of the actor being pulled towards them. In a sparse-reward task they are also
+    what finds the first rewards, which the critic-gated guidance terms cannot do by themselves (before any reward,
+    the critic rates an advised action by its immediate cost alone). Each episode of each env is the advisor's with
+    probability ``share`` while the mean return of the last ``window`` teacher episodes is above the mean return of
+    the last ``window`` learner episodes (or either is not known yet), and ``0`` otherwise; once the learner's
+    episodes return as much as the teacher's, the teacher has nothing left to show, and a teacher that is worse than
+    the learner (a wrong one) gets one or a few episodes before it loses its turn. Comparing mean returns works for
+    any reward sign and scale. Rows the advisor acted on are ordinary replay data; the learner's episodes include
+    its uniform warm-up during ``learning_starts``.
+
+    :param share: the largest fraction of episodes the advisor acts (ε)
+    :param window: how many of the latest episodes of each kind are compared
+    :param seed: seed of the per-episode draws (their own stream: the policy's random numbers stay SAC's)
+    """
+
+    def __init__(self, share: float = 0.5, window: int = 5, seed: int | None = None):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share must be in [0, 1], got {share}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.share, self.window = float(share), int(window)
+        self.rng = np.random.default_rng(seed)
+        self.n_envs = 0
+        self.advisor_turn = np.zeros(0, dtype=bool)
+        self.episode_return = np.zeros(0, dtype=np.float64)
+        self.teacher_returns: list[float] = []
+        self.learner_returns: list[float] = []
+
+    @property
+    def teacher_pays(self) -> bool:
+        """Whether the latest teacher episodes returned more than the latest learner episodes (True while unknown)."""
+        if not self.teacher_returns or not self.learner_returns:
+            return True
+        return float(np.mean(self.teacher_returns)) > float(np.mean(self.learner_returns))
+
+    @property
+    def current_share(self) -> float:
+        """The probability that a new episode is the advisor's."""
+        return self.share if self.teacher_pays else 0.0
+
+    def _draw(self, n: int, allowed: bool) -> np.ndarray:
+        draws = self.rng.random(n)  # drawn whatever the outcome: the stream does not depend on the evidence
+        return (draws < self.current_share) & allowed
+
+    def reset(self, n_envs: int) -> None:
+        self.n_envs = n_envs
+        self.advisor_turn = self._draw(n_envs, True)
+        self.episode_return = np.zeros(n_envs, dtype=np.float64)
+
+    def advisor_mask(self, n_envs: int) -> np.ndarray:
+        """Which envs act with the advisor's action on this step."""
+        if self.n_envs != n_envs:
+            self.reset(n_envs)
+        return self.advisor_turn.copy()
+
+    def step(self, dones: np.ndarray, rewards: np.ndarray | None = None, allowed: bool = True) -> None:
+        """
+        Advance one env step: add ``rewards`` to the episodes' returns; a done episode's return joins its kind's
+        record and the env draws who acts next (the advisor only if ``allowed``, e.g. its advice depends on the view).
+        """
+        if self.n_envs == 0:
+            self.reset(len(dones))
+        if rewards is not None:
+            self.episode_return += np.asarray(rewards, dtype=np.float64).reshape(self.n_envs)
+        for i in np.flatnonzero(np.asarray(dones, dtype=bool)):
+            record = self.teacher_returns if self.advisor_turn[i] else self.learner_returns
+            record.append(float(self.episode_return[i]))
+            del record[: -self.window]
+            self.episode_return[i] = 0.0
+            self.advisor_turn[i] = self._draw(1, allowed)[0]
+
+    def __repr__(self) -> str:
+        return f"TeacherEpisodes(share={self.share}, window={self.window})"

@@ -8,7 +8,7 @@ import pathlib
 import warnings
 import zipfile
 from collections.abc import Iterable
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import numpy as np
 import torch as th
@@ -16,6 +16,7 @@ from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import get_obs_shape, is_image_space
 from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
 from stable_baselines3.common.utils import polyak_update
@@ -28,9 +29,10 @@ from sb3_vlm.guidance.actor_guidance import gaussian_transition_loss
 from sb3_vlm.guidance.schedules import CoefSchedule, LinearDecayCoef, as_coef_schedule
 from sb3_vlm.guidance.trust import advice_diversity
 from sb3_vlm.policies.advice_critic import AdviceCritic
+from sb3_vlm.policies.pixel import SharedEncoderSACPolicy, encoder_frozen, features_once
 from sb3_vlm.policies.transition import TransitionModel
 from sb3_vlm.sac.augmentation import RandomShift
-from sb3_vlm.sac.exploration import RandomAlternatingExploration
+from sb3_vlm.sac.exploration import RandomAlternatingExploration, TeacherEpisodes
 from sb3_vlm.sac.terms import (
     ActionMSETerm,
     AdvantageGate,
@@ -190,8 +192,11 @@ class GuidedSAC(SAC):
         buffer; useful when the advisor is queried rarely), instead of the SAC batch
     :param advice_warmup: during ``learning_starts``, act with the advised action where there is one, instead of
         uniform noise (ERPv C.5 and COVR do this); off by default
-    :param advice_exploration: act with the advisor's actions in some phases of training, e.g.
-        :class:`~sb3_vlm.sac.RandomAlternatingExploration` (used to pre-train C_V)
+    :param advice_exploration: act with the advisor's actions in some phases of training:
+        :class:`~sb3_vlm.sac.RandomAlternatingExploration` (ERPv's RAE, used to pre-train C_V), or
+        :class:`~sb3_vlm.sac.TeacherEpisodes` (``"teacher_episodes"``: whole episodes by the advisor while they
+        return more than the learner's; with advice that ignores the view, see ``min_advice_diversity``, the
+        advisor acts no new episode). None: the actor always acts
     :param advice_key: the info key of the advice
     :param min_advice_diversity: the least share of the last ``diversity_window`` advised transitions whose advice
         is more than 5 % of the action range away from their median (in some coordinate) for the guidance (and VER)
@@ -203,8 +208,16 @@ class GuidedSAC(SAC):
         by up to ``augmentation_pad`` pixels (:mod:`sb3_vlm.sac.augmentation`), for learning from pixels; None
         (default): SAC's updates unchanged
     :param augmentation_pad: the largest shift in pixels (DrQ: 4 for 84×84 frames)
+
+    Policies: SAC's ``"MlpPolicy"``, ``"CnnPolicy"``, ``"MultiInputPolicy"``, and ``"DrQPolicy"``
+    (:class:`~sb3_vlm.policies.SharedEncoderSACPolicy`: one compact encoder trained by the critic and read by the
+    actor without gradients, as DrQ does), for image observations.
     """
 
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {  # type: ignore[misc]
+        **SAC.policy_aliases,
+        "DrQPolicy": SharedEncoderSACPolicy,
+    }
     advice_critic: AdviceCritic | None
     transition_model: TransitionModel | None
     transition_optimizer: th.optim.Optimizer | None
@@ -249,7 +262,7 @@ class GuidedSAC(SAC):
         bc_value_gate: bool = True,
         advice_batch: bool | None = None,
         advice_warmup: bool = False,
-        advice_exploration: RandomAlternatingExploration | None = None,
+        advice_exploration: RandomAlternatingExploration | TeacherEpisodes | Literal["teacher_episodes"] | None = None,
         advice_key: str = ADVICE_INFO_KEY,
         min_advice_diversity: float = 0.05,
         diversity_window: int = 512,
@@ -307,6 +320,13 @@ class GuidedSAC(SAC):
         self.bc_value_gate = bool(bc_value_gate)
         self.advice_batch = bool(preset.get("advice_batch", False) if advice_batch is None else advice_batch)
         self.advice_warmup = advice_warmup
+        if advice_exploration == "teacher_episodes":
+            advice_exploration = TeacherEpisodes(seed=seed)
+        elif not isinstance(advice_exploration, (RandomAlternatingExploration, TeacherEpisodes, type(None))):
+            raise ValueError(
+                "advice_exploration must be None, 'teacher_episodes', a RandomAlternatingExploration or a "
+                f"TeacherEpisodes, got {advice_exploration!r}"
+            )
         self.advice_exploration = advice_exploration
         self.advice_key = advice_key
         if augmentation not in (None, "shift"):
@@ -521,7 +541,11 @@ class GuidedSAC(SAC):
                     stacklevel=2,
                 )
         if self.advice_exploration is not None:
-            self.advice_exploration.step(dones)
+            # a new teacher episode only for advice that depends on the view (computed only when one may start)
+            done = np.asarray(dones, dtype=bool)
+            min_diversity = getattr(self, "min_advice_diversity", 0.0)
+            allowed = not done.any() or min_diversity <= 0 or self.advice_diversity() >= min_diversity
+            self.advice_exploration.step(done, np.asarray(reward), allowed=allowed)
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
 
     # ------------------------------------------------------------------ guidance terms
@@ -647,124 +671,132 @@ class GuidedSAC(SAC):
             for key, value in values.items():
                 logs.setdefault(key, []).append(value)
 
-        for gradient_step in range(gradient_steps):
-            # Sample replay buffer
-            replay_data = cast(  # sb3-vlm: the advised buffers' samples carry the advice columns
-                AdvisedReplayBufferSamples, self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
-            )
-            if self._augment is not None:  # sb3-vlm: DrQ's random shifts, drawn afresh for each batch
-                replay_data = replay_data._replace(
-                    observations=self._augment(replay_data.observations),  # type: ignore[arg-type]  # Dict obs too
-                    next_observations=self._augment(replay_data.next_observations),  # type: ignore[arg-type]
+        # sb3-vlm: with SharedEncoderSACPolicy, each batch is encoded once per step (pixel.features_once)
+        with features_once(self.policy) as new_step:
+            for gradient_step in range(gradient_steps):
+                new_step()  # sb3-vlm: a shared encoder's features are computed once per batch
+                # Sample replay buffer
+                replay_data = cast(  # sb3-vlm: the advised buffers' samples carry the advice columns
+                    AdvisedReplayBufferSamples, self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
                 )
-            # For n-step replay, discount factor is gamma**n_steps (when no early termination)
-            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+                if self._augment is not None:  # sb3-vlm: DrQ's random shifts, drawn afresh for each batch
+                    replay_data = replay_data._replace(
+                        observations=self._augment(replay_data.observations),  # type: ignore[arg-type]  # Dict obs too
+                        next_observations=self._augment(replay_data.next_observations),  # type: ignore[arg-type]
+                    )
+                # For n-step replay, discount factor is gamma**n_steps (when no early termination)
+                discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
 
-            # We need to sample because `log_std` may have changed between two gradient steps
-            if self.use_sde:
-                self.actor.reset_noise()
+                # We need to sample because `log_std` may have changed between two gradient steps
+                if self.use_sde:
+                    self.actor.reset_noise()
 
-            # Action by the current actor for the sampled state
-            # sb3-vlm: SAC's actor.action_log_prob() in two steps, keeping π(·|s)'s parameters for the guidance terms
-            mean_actions, log_std, dist_kwargs = self.actor.get_action_dist_params(replay_data.observations)
-            actions_pi, log_prob = self.actor.action_dist.log_prob_from_params(mean_actions, log_std, **dist_kwargs)
-            log_prob = log_prob.reshape(-1, 1)
+                # Action by the current actor for the sampled state
+                # sb3-vlm: SAC's actor.action_log_prob() in two steps, keeping π(·|s)'s parameters for the guidance
+                # terms
+                mean_actions, log_std, dist_kwargs = self.actor.get_action_dist_params(replay_data.observations)
+                actions_pi, log_prob = self.actor.action_dist.log_prob_from_params(mean_actions, log_std, **dist_kwargs)
+                log_prob = log_prob.reshape(-1, 1)
 
-            # sb3-vlm: what the terms read about this batch (VER and VPG share its Q_f); ERPv's transition model
-            batch = self._guidance_batch(
-                replay_data.observations,
-                actions_pi,
-                (mean_actions, log_std, dist_kwargs),
-                replay_data.advice_actions,
-                replay_data.advice_valid,
-            )
-            log(advice_valid_frac=float(replay_data.advice_valid.mean()))
-            if self.ver_term is not None:
-                features, next_features, transition_loss = self._train_transition_model(replay_data)
-                log(transition_loss=transition_loss)
+                # sb3-vlm: what the terms read about this batch (VER and VPG share its Q_f); ERPv's transition model
+                batch = self._guidance_batch(
+                    replay_data.observations,
+                    actions_pi,
+                    (mean_actions, log_std, dist_kwargs),
+                    replay_data.advice_actions,
+                    replay_data.advice_valid,
+                )
+                log(advice_valid_frac=float(replay_data.advice_valid.mean()))
+                if self.ver_term is not None:
+                    features, next_features, transition_loss = self._train_transition_model(replay_data)
+                    log(transition_loss=transition_loss)
 
-            ent_coef_loss = None
-            if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
-                # Important: detach the variable from the graph
-                # so we don't change it with other losses
-                # see https://github.com/rail-berkeley/softlearning/issues/60
-                ent_coef = th.exp(self.log_ent_coef.detach())
-                assert isinstance(self.target_entropy, float)
-                ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
-                # sb3-vlm: VER, ERPv eq. 7: L_α + λ2 mean_i Q_f,i (α − ᾱ_i)² (M7 drops L_α)
-                if self.ver_term is not None and batch.has_advice and diverse:
-                    ver_loss, ver_stats = self.ver_term.loss(batch, th.exp(self.log_ent_coef), features, next_features)
-                    log(ver_loss=ver_loss.item(), **ver_stats)
-                    ver = self.ver_term.settings
-                    ent_coef_loss = (ent_coef_loss if ver.alpha_loss else 0.0) + ver.coef * ver_loss
-                ent_coef_losses.append(ent_coef_loss.item())
-            else:
-                ent_coef = self.ent_coef_tensor
-            if self.ver is not None and self.num_timesteps >= (self.ver.alpha_zero_after or np.inf):  # sb3-vlm: M6
-                ent_coef = th.zeros_like(ent_coef)
+                ent_coef_loss = None
+                if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+                    # Important: detach the variable from the graph
+                    # so we don't change it with other losses
+                    # see https://github.com/rail-berkeley/softlearning/issues/60
+                    ent_coef = th.exp(self.log_ent_coef.detach())
+                    assert isinstance(self.target_entropy, float)
+                    ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
+                    # sb3-vlm: VER, ERPv eq. 7: L_α + λ2 mean_i Q_f,i (α − ᾱ_i)² (M7 drops L_α)
+                    if self.ver_term is not None and batch.has_advice and diverse:
+                        alpha = th.exp(self.log_ent_coef)
+                        ver_loss, ver_stats = self.ver_term.loss(batch, alpha, features, next_features)
+                        log(ver_loss=ver_loss.item(), **ver_stats)
+                        ver = self.ver_term.settings
+                        ent_coef_loss = (ent_coef_loss if ver.alpha_loss else 0.0) + ver.coef * ver_loss
+                    ent_coef_losses.append(ent_coef_loss.item())
+                else:
+                    ent_coef = self.ent_coef_tensor
+                if self.ver is not None and self.num_timesteps >= (self.ver.alpha_zero_after or np.inf):  # sb3-vlm: M6
+                    ent_coef = th.zeros_like(ent_coef)
 
-            ent_coefs.append(ent_coef.item())
+                ent_coefs.append(ent_coef.item())
 
-            # Optimize entropy coefficient, also called
-            # entropy temperature or alpha in the paper
-            if ent_coef_loss is not None and self.ent_coef_optimizer is not None:
-                self.ent_coef_optimizer.zero_grad()
-                ent_coef_loss.backward()
-                self.ent_coef_optimizer.step()
+                # Optimize entropy coefficient, also called
+                # entropy temperature or alpha in the paper
+                if ent_coef_loss is not None and self.ent_coef_optimizer is not None:
+                    self.ent_coef_optimizer.zero_grad()
+                    ent_coef_loss.backward()
+                    self.ent_coef_optimizer.step()
 
-            with th.no_grad():
-                # Select action according to policy
-                next_actions, next_log_prob = self.actor.action_log_prob(replay_data.next_observations)
-                # Compute the next Q values: min over all critics targets
-                next_q_values = th.cat(self.critic_target(replay_data.next_observations, next_actions), dim=1)
-                next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
-                # add entropy term
-                next_q_values = next_q_values - ent_coef * next_log_prob.reshape(-1, 1)
-                # td error + entropy term
-                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+                with th.no_grad():
+                    # Select action according to policy
+                    next_actions, next_log_prob = self.actor.action_log_prob(replay_data.next_observations)
+                    # Compute the next Q values: min over all critics targets
+                    next_q_values = th.cat(self.critic_target(replay_data.next_observations, next_actions), dim=1)
+                    next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
+                    # add entropy term
+                    next_q_values = next_q_values - ent_coef * next_log_prob.reshape(-1, 1)
+                    # td error + entropy term
+                    target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
 
-            # Get current Q-values estimates for each critic network
-            # using action from the replay buffer
-            current_q_values = self.critic(replay_data.observations, replay_data.actions)
+                # Get current Q-values estimates for each critic network
+                # using action from the replay buffer
+                current_q_values = self.critic(replay_data.observations, replay_data.actions)
 
-            # Compute critic loss
-            critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
-            assert isinstance(critic_loss, th.Tensor)  # for type checker
-            critic_losses.append(critic_loss.item())  # type: ignore[union-attr]
+                # Compute critic loss
+                critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
+                assert isinstance(critic_loss, th.Tensor)  # for type checker
+                critic_losses.append(critic_loss.item())  # type: ignore[union-attr]
 
-            # Optimize the critic
-            self.critic.optimizer.zero_grad()
-            critic_loss.backward()
-            self.critic.optimizer.step()
+                # Optimize the critic
+                self.critic.optimizer.zero_grad()
+                critic_loss.backward()
+                self.critic.optimizer.step()
 
-            # Compute actor loss
-            # Alternative: actor_loss = th.mean(log_prob - qf1_pi)
-            # Min over all critic networks
-            q_values_pi = th.cat(self.critic(replay_data.observations, actions_pi), dim=1)
-            min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)
-            actor_loss = (ent_coef * log_prob - min_qf_pi).mean()
+                # Compute actor loss
+                # Alternative: actor_loss = th.mean(log_prob - qf1_pi)
+                # Min over all critic networks
+                # sb3-vlm: the critic's encoder is read without gradients (it must not learn from the actor's loss,
+                # as in DrQ; for SB3's own policies those gradients were discarded unused: this saves their backward)
+                with encoder_frozen(self.critic):
+                    q_values_pi = th.cat(self.critic(replay_data.observations, actions_pi), dim=1)
+                min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)
+                actor_loss = (ent_coef * log_prob - min_qf_pi).mean()
 
-            # sb3-vlm: the guidance term, on the SAC batch or a batch of advised rows; nothing (not even a random
-            # draw) happens without advice, so such a run stays SAC's exactly
-            if guide:
-                assert self.guidance_term is not None
-                g_batch = self._advised_guidance_batch(batch_size) if self.advice_batch else batch
-                if g_batch is not None and g_batch.has_advice:
-                    g_loss, g_stats = self.guidance_term.loss(g_batch)
-                    actor_loss = actor_loss + coef * g_loss
-                    log(guidance_loss=g_loss.item(), **g_stats)
-            actor_losses.append(actor_loss.item())
+                # sb3-vlm: the guidance term, on the SAC batch or a batch of advised rows; nothing (not even a random
+                # draw) happens without advice, so such a run stays SAC's exactly
+                if guide:
+                    assert self.guidance_term is not None
+                    g_batch = self._advised_guidance_batch(batch_size) if self.advice_batch else batch
+                    if g_batch is not None and g_batch.has_advice:
+                        g_loss, g_stats = self.guidance_term.loss(g_batch)
+                        actor_loss = actor_loss + coef * g_loss
+                        log(guidance_loss=g_loss.item(), **g_stats)
+                actor_losses.append(actor_loss.item())
 
-            # Optimize the actor
-            self.actor.optimizer.zero_grad()
-            actor_loss.backward()
-            self.actor.optimizer.step()
+                # Optimize the actor
+                self.actor.optimizer.zero_grad()
+                actor_loss.backward()
+                self.actor.optimizer.step()
 
-            # Update target networks
-            if gradient_step % self.target_update_interval == 0:
-                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
-                # Copy running stats, see GH issue #996
-                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+                # Update target networks
+                if gradient_step % self.target_update_interval == 0:
+                    polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                    # Copy running stats, see GH issue #996
+                    polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
 
         self._n_updates += gradient_steps
         if guide:  # sb3-vlm: the guidance schedule's clock
@@ -780,6 +812,8 @@ class GuidedSAC(SAC):
             self.logger.record("train/ent_coef_loss", np.mean(ent_coef_losses))
         # sb3-vlm
         self.logger.record("train/guidance_coef", coef)
+        if isinstance(self.advice_exploration, TeacherEpisodes):
+            self.logger.record("train/teacher_episode_share", self.advice_exploration.current_share)
         if buffer.n_pending or buffer.advice_answered_late:
             self.logger.record("train/advice_pending", buffer.n_pending)
             self.logger.record("train/advice_answered_late", buffer.advice_answered_late)

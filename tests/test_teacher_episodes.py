@@ -1,0 +1,85 @@
+"""TeacherEpisodes: whole episodes by the advisor while they return more than the learner's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sb3_vlm import GuidedSAC, TeacherEpisodes, VLMAdviceWrapper
+from sb3_vlm.advisors import ConstantAdvisor
+from sb3_vlm.envs.pendulum import PendulumSwingUpOracle, make_pendulum_env
+
+SMALL = dict(learning_starts=20, batch_size=16, buffer_size=2_000, policy_kwargs=dict(net_arch=[16]), seed=0)
+
+
+def _episodes(explore: TeacherEpisodes, returns: dict[bool, float], n: int, length: int = 3) -> list[bool]:
+    """Run ``n`` episodes of one env; who acted in each (True: the advisor), rewards ``returns[who] / length``."""
+    who = []
+    for _ in range(n):
+        teacher = bool(explore.advisor_mask(1)[0])
+        who.append(teacher)
+        for t in range(length):
+            explore.step(np.array([t == length - 1]), np.array([returns[teacher] / length]))
+    return who
+
+
+def test_a_teacher_that_returns_more_keeps_its_share_and_a_worse_one_loses_it() -> None:
+    good = TeacherEpisodes(share=0.5, window=3, seed=0)
+    who = _episodes(good, {True: 90.0, False: -30.0}, 200)
+    assert 0.4 < np.mean(who) < 0.6 and good.current_share == 0.5
+    np.testing.assert_allclose(good.teacher_returns, [90.0] * 3)  # the last `window` of each kind, summed per episode
+
+    bad = TeacherEpisodes(share=0.5, window=3, seed=0)
+    who = _episodes(bad, {True: -100.0, False: -30.0}, 200)
+    assert bad.current_share == 0.0 and not bad.teacher_pays
+    first_learner = who.index(False)
+    assert sum(who) <= first_learner + 1  # once both are known, no further teacher episode
+
+    # negative rewards on both sides: "more" is the comparison of means, whatever the sign
+    close = TeacherEpisodes(share=0.5, window=3, seed=0)
+    _episodes(close, {True: -150.0, False: -1200.0}, 20)
+    assert close.teacher_pays
+
+
+def test_the_learner_catching_up_ends_the_teachers_turns() -> None:
+    explore = TeacherEpisodes(share=0.5, window=2, seed=1)
+    _episodes(explore, {True: 50.0, False: 0.0}, 20)
+    assert explore.current_share == 0.5
+    _episodes(explore, {True: 50.0, False: 80.0}, 6)  # the learner now does better
+    assert explore.current_share == 0.0
+    who = _episodes(explore, {True: 50.0, False: 80.0}, 30)
+    assert not any(who)
+
+
+def test_not_allowed_starts_no_teacher_episode_and_bad_arguments_are_refused() -> None:
+    explore = TeacherEpisodes(share=1.0, seed=0)
+    assert explore.advisor_mask(2).all()
+    explore.step(np.array([True, False]), np.zeros(2), allowed=False)
+    assert explore.advisor_mask(2).tolist() == [False, True]  # the ended episode's env goes to the learner
+    for kwargs in (dict(share=1.5), dict(window=0)):
+        with pytest.raises(ValueError):
+            TeacherEpisodes(**kwargs)
+
+
+def test_guided_sac_acts_whole_teacher_episodes_and_logs_the_share() -> None:
+    env = VLMAdviceWrapper(make_pendulum_env(max_episode_steps=20), PendulumSwingUpOracle())
+    model = GuidedSAC("MlpPolicy", env, advice_exploration="teacher_episodes", **SMALL)
+    assert isinstance(model.advice_exploration, TeacherEpisodes) and model.advice_exploration.share == 0.5
+    model.advice_exploration = TeacherEpisodes(window=100, seed=0)  # keeps every episode's return
+    model.learn(200)  # ten episodes of 20 steps
+    explore = model.advice_exploration
+    assert explore.teacher_returns and explore.learner_returns
+    assert model.n_advised_actions == 20 * len(explore.teacher_returns) + 20 * int(explore.advisor_turn[0])
+    assert model.logger.name_to_value["train/teacher_episode_share"] == explore.current_share
+    with pytest.raises(ValueError, match="advice_exploration"):
+        GuidedSAC("MlpPolicy", env, advice_exploration="always", **SMALL)  # type: ignore[arg-type]
+
+
+def test_advice_that_ignores_the_view_acts_no_teacher_episode_after_the_first() -> None:
+    env = VLMAdviceWrapper(make_pendulum_env(max_episode_steps=20), ConstantAdvisor(0.5))
+    model = GuidedSAC(
+        "MlpPolicy", env, advice_exploration=TeacherEpisodes(share=1.0, seed=0), diversity_window=16, **SMALL
+    )
+    model.learn(200)
+    assert model.advice_diversity() == 0.0
+    assert model.n_advised_actions == 20  # the first episode (drawn before any advice was seen), no other
