@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch as th
 
 from sb3_vlm import GuidedSAC, TeacherEpisodes, VLMAdviceWrapper
 from sb3_vlm.advisors import ConstantAdvisor
@@ -53,9 +54,11 @@ def test_the_learner_catching_up_ends_the_teachers_turns() -> None:
 
 def test_not_allowed_starts_no_teacher_episode_and_bad_arguments_are_refused() -> None:
     explore = TeacherEpisodes(share=1.0, seed=0)
-    assert explore.advisor_mask(2).all()
-    explore.step(np.array([True, False]), np.zeros(2), allowed=False)
-    assert explore.advisor_mask(2).tolist() == [False, True]  # the ended episode's env goes to the learner
+    assert not explore.advisor_mask(2).any()  # the first episodes are the learner's
+    explore.step(np.array([True, False]), np.zeros(2))
+    assert explore.advisor_mask(2).tolist() == [True, False]
+    explore.step(np.array([True, True]), np.zeros(2), allowed=False)
+    assert not explore.advisor_mask(2).any()  # not allowed: the ended episodes go to the learner
     for kwargs in (dict(share=1.5), dict(window=0)):
         with pytest.raises(ValueError):
             TeacherEpisodes(**kwargs)
@@ -75,11 +78,14 @@ def test_guided_sac_acts_whole_teacher_episodes_and_logs_the_share() -> None:
         GuidedSAC("MlpPolicy", env, advice_exploration="always", **SMALL)  # type: ignore[arg-type]
 
 
-def test_advice_that_ignores_the_view_acts_no_teacher_episode_after_the_first() -> None:
+def test_advice_that_ignores_the_view_acts_no_teacher_episode() -> None:
     env = VLMAdviceWrapper(make_pendulum_env(max_episode_steps=20), ConstantAdvisor(0.5))
     model = GuidedSAC(
         "MlpPolicy", env, advice_exploration=TeacherEpisodes(share=1.0, seed=0), diversity_window=16, **SMALL
     )
     model.learn(200)
     assert model.advice_diversity() == 0.0
-    assert model.n_advised_actions == 20  # the first episode (drawn before any advice was seen), no other
+    assert model.n_advised_actions == 0 and len(model.advice_exploration.learner_returns) == 5  # window
+    sac = GuidedSAC("MlpPolicy", env, method="sac", diversity_window=16, **SMALL).learn(200)
+    for name, value in sac.policy.state_dict().items():  # such a teacher leaves the run SAC's exactly
+        assert th.equal(value, model.policy.state_dict()[name]), name

@@ -35,7 +35,7 @@ from gymnasium import spaces
 
 from sb3_vlm.advice import Advice, AdviceRequest, image_as_uint8
 from sb3_vlm.advisors.cache import AdviceCache
-from sb3_vlm.advisors.openai_compat import OpenAIAdvisor
+from sb3_vlm.advisors.openai_compat import OpenAIAdvisor, top_logprobs
 from sb3_vlm.advisors.prompted import probs_from_top_logprobs, usage_tokens
 
 logger = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ class BatchLabeller:
         if not texts:
             return advisor._failed("a batch answer without choices", "")
         if self._logprobs(space):
-            top = _top_logprobs(choices[0])
+            top = top_logprobs(choices[0])
             probs = probs_from_top_logprobs(top, advisor.prompt.labels) if top else None
             if probs is None:
                 return advisor._failed("no action label among the top log-probabilities", texts[0])
@@ -338,17 +338,6 @@ def _exact_json(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"a view's context must be JSON (and NumPy) values, got {type(value).__name__}")
-
-
-def _top_logprobs(choice: Any) -> list[tuple[str, float]]:
-    """The first token's top log-probabilities of a completion choice in JSON (the batch file's form of what
-    :class:`OpenAIAdvisor` reads from the client's objects)."""
-    content = ((choice or {}).get("logprobs") or {}).get("content") or []
-    if not content or not isinstance(content[0], dict):
-        return []
-    first = content[0]
-    pairs = [(str(t.get("token", "")), float(t.get("logprob", -np.inf))) for t in first.get("top_logprobs") or []]
-    return pairs or [(str(first.get("token", "")), float(first.get("logprob", -np.inf)))]
 
 
 __all__ = ["BATCH_PRICE_FACTOR", "FINAL_STATUSES", "BatchLabeller", "LabelReport", "load_views", "save_views"]

@@ -260,7 +260,7 @@ class OpenAIAdvisor(PromptedAdvisor):
         self._release(endpoint, ok=True)
         usage = getattr(response, "usage", None)
         texts = [c.message.content or "" for c in response.choices]
-        top = _top_logprobs(response.choices[0]) if call.logprobs and response.choices else None
+        top = top_logprobs(response.choices[0]) if call.logprobs and response.choices else None
         total, tokens_in, tokens_out = usage_tokens(
             getattr(usage, "total_tokens", 0),
             getattr(usage, "prompt_tokens", 0),
@@ -269,11 +269,23 @@ class OpenAIAdvisor(PromptedAdvisor):
         return Generation(texts, top, total, tokens_in, tokens_out)
 
 
-def _top_logprobs(choice: Any) -> list[tuple[str, float]] | None:
-    logprobs = getattr(choice, "logprobs", None)
-    content = getattr(logprobs, "content", None) if logprobs is not None else None
+def top_logprobs(choice: Any) -> list[tuple[str, float]] | None:
+    """
+    The first answer token's top log-probabilities of a chat-completion choice, as ``(token, logprob)`` pairs (the
+    token itself when the server sent no alternatives); None without log-probabilities. Reads the client's objects
+    and the same fields as JSON dicts (a Batch API's output file).
+    """
+
+    def field(obj: Any, name: str) -> Any:
+        return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+    def pair(token: Any) -> tuple[str, float]:
+        logprob = field(token, "logprob")
+        return str(field(token, "token") or ""), float(-np.inf if logprob is None else logprob)
+
+    logprobs = field(choice, "logprobs") if choice is not None else None
+    content = field(logprobs, "content") if logprobs is not None else None
     if not content:
         return None
     first = content[0]
-    pairs = [(t.token, float(t.logprob)) for t in (getattr(first, "top_logprobs", None) or [])]
-    return pairs or [(first.token, float(first.logprob))]
+    return [pair(t) for t in field(first, "top_logprobs") or []] or [pair(first)]

@@ -77,8 +77,8 @@ class TeacherEpisodes:
     the last ``window`` learner episodes (or either is not known yet), and ``0`` otherwise; once the learner's
     episodes return as much as the teacher's, the teacher has nothing left to show, and a teacher that is worse than
     the learner (a wrong one) gets one or a few episodes before it loses its turn. Comparing mean returns works for
-    any reward sign and scale. Rows the advisor acted on are ordinary replay data; the learner's episodes include
-    its uniform warm-up during ``learning_starts``.
+    any reward sign and scale. Each env's first episode is the learner's. Rows the advisor acted on are ordinary
+    replay data; the learner's episodes include its uniform warm-up during ``learning_starts``.
 
     :param share: the largest fraction of episodes the advisor acts (ε)
     :param window: how many of the latest episodes of each kind are compared
@@ -115,8 +115,10 @@ class TeacherEpisodes:
         return (draws < self.current_share) & allowed
 
     def reset(self, n_envs: int) -> None:
+        """Start: every env's first episode is the learner's (its return is the first evidence to compare with,
+        and by its end the advice's diversity is known)."""
         self.n_envs = n_envs
-        self.advisor_turn = self._draw(n_envs, True)
+        self.advisor_turn = np.zeros(n_envs, dtype=bool)
         self.episode_return = np.zeros(n_envs, dtype=np.float64)
 
     def advisor_mask(self, n_envs: int) -> np.ndarray:
