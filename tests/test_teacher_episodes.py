@@ -89,3 +89,23 @@ def test_advice_that_ignores_the_view_acts_no_teacher_episode() -> None:
     sac = GuidedSAC("MlpPolicy", env, method="sac", diversity_window=16, **SMALL).learn(200)
     for name, value in sac.policy.state_dict().items():  # such a teacher leaves the run SAC's exactly
         assert th.equal(value, model.policy.state_dict()[name]), name
+
+
+def test_without_an_advice_wrapper_teacher_episodes_leave_the_run_sacs() -> None:
+    import warnings
+
+    from stable_baselines3 import SAC
+
+    kwargs = {**SMALL, "learning_starts": 50}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = GuidedSAC(
+            "MlpPolicy", make_pendulum_env(max_episode_steps=20), method="sac", advice_exploration="teacher_episodes",
+            **kwargs,
+        ).learn(200)  # fmt: skip
+    assert not [w for w in caught if "advice_exploration" in str(w.message)]
+    assert model.n_advised_actions == 0 and isinstance(model.advice_exploration, TeacherEpisodes)
+    sac = SAC("MlpPolicy", make_pendulum_env(max_episode_steps=20), **kwargs).learn(200)
+    for name, value in sac.policy.state_dict().items():
+        assert th.equal(value, model.policy.state_dict()[name]), name
+    assert GuidedSAC("MlpPolicy", make_pendulum_env(), advice_exploration="off", **SMALL).advice_exploration is None

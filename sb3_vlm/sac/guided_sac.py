@@ -53,6 +53,8 @@ from sb3_vlm.wrappers.vec_advice import current_advice_of
 SelfGuidedSAC = TypeVar("SelfGuidedSAC", bound="GuidedSAC")
 
 Guidance = Literal["vpg", "gated_bc", "mse", "annealed_mse", "random_gate", "none"]
+#: who may act instead of the actor during data collection (``advice_exploration=``)
+AdviceExploration = RandomAlternatingExploration | TeacherEpisodes | Literal["teacher_episodes", "off"]
 GUIDANCES: tuple[str, ...] = ("vpg", "gated_bc", "mse", "annealed_mse", "random_gate", "none")
 
 #: each method's defaults; any explicit argument overrides them
@@ -196,7 +198,8 @@ class GuidedSAC(SAC):
         :class:`~sb3_vlm.sac.RandomAlternatingExploration` (ERPv's RAE, used to pre-train C_V), or
         :class:`~sb3_vlm.sac.TeacherEpisodes` (``"teacher_episodes"``: whole episodes by the advisor while they
         return more than the learner's; with advice that ignores the view, see ``min_advice_diversity``, the
-        advisor acts no new episode). None: the actor always acts
+        advisor acts no new episode; nor before any advice has arrived). ``"off"``: the actor always acts. None:
+        the method's default (``"off"`` for every method)
     :param advice_key: the info key of the advice
     :param min_advice_diversity: the least share of the last ``diversity_window`` advised transitions whose advice
         is more than 5 % of the action range away from their median (in some coordinate) for the guidance (and VER)
@@ -262,7 +265,7 @@ class GuidedSAC(SAC):
         bc_value_gate: bool = True,
         advice_batch: bool | None = None,
         advice_warmup: bool = False,
-        advice_exploration: RandomAlternatingExploration | TeacherEpisodes | Literal["teacher_episodes"] | None = None,
+        advice_exploration: AdviceExploration | None = None,
         advice_key: str = ADVICE_INFO_KEY,
         min_advice_diversity: float = 0.05,
         diversity_window: int = 512,
@@ -320,11 +323,15 @@ class GuidedSAC(SAC):
         self.bc_value_gate = bool(bc_value_gate)
         self.advice_batch = bool(preset.get("advice_batch", False) if advice_batch is None else advice_batch)
         self.advice_warmup = advice_warmup
+        if advice_exploration is None:
+            advice_exploration = preset.get("advice_exploration", "off")
         if advice_exploration == "teacher_episodes":
             advice_exploration = TeacherEpisodes(seed=seed)
-        elif not isinstance(advice_exploration, (RandomAlternatingExploration, TeacherEpisodes, type(None))):
+        elif advice_exploration == "off":
+            advice_exploration = None
+        elif not isinstance(advice_exploration, (RandomAlternatingExploration, TeacherEpisodes)):
             raise ValueError(
-                "advice_exploration must be None, 'teacher_episodes', a RandomAlternatingExploration or a "
+                "advice_exploration must be None, 'teacher_episodes', 'off', a RandomAlternatingExploration or a "
                 f"TeacherEpisodes, got {advice_exploration!r}"
             )
         self.advice_exploration = advice_exploration
@@ -518,7 +525,9 @@ class GuidedSAC(SAC):
         use_advice = np.zeros(n_envs, dtype=bool)
         if self.advice_warmup and self.num_timesteps < learning_starts:
             use_advice[:] = True
-        if self.advice_exploration is not None:
+        # (teacher episodes wait for the first advice: an env without an advice wrapper just trains as SAC)
+        explore = isinstance(self.advice_exploration, RandomAlternatingExploration) or bool(self._advice_seen)
+        if self.advice_exploration is not None and explore:
             use_advice |= self.advice_exploration.advisor_mask(n_envs)
         if use_advice.any():
             advised = self._advised_actions_now(n_envs)
