@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch as th
@@ -32,6 +34,13 @@ def test_compact_encoder_sizes_and_refusals() -> None:
         assert encoder.convs(th.zeros(2, 9, size, size)).shape == (2, 32 * side * side)
         features = encoder(th.rand(2, 9, size, size))
         assert features.shape == (2, 50) and features.abs().max() <= 1.0  # tanh head
+    # channels-last memory changes the speed, not the features
+    encoder = CompactEncoder(spaces.Box(0, 255, (9, 64, 64), np.uint8))
+    assert encoder.convs[0].weight.is_contiguous(memory_format=th.channels_last)
+    standard = copy.deepcopy(encoder).to(memory_format=th.contiguous_format)
+    x = th.rand(3, 9, 64, 64)
+    expected = standard.head(standard.convs(x))
+    th.testing.assert_close(encoder(x), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="image"):
         CompactEncoder(spaces.Box(-1, 1, (4,), np.float32))
     with pytest.raises(ValueError, match="strides"):
