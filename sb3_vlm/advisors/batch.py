@@ -36,7 +36,7 @@ from gymnasium import spaces
 from sb3_vlm.advice import Advice, AdviceRequest, image_as_uint8
 from sb3_vlm.advisors.cache import AdviceCache
 from sb3_vlm.advisors.openai_compat import OpenAIAdvisor, top_logprobs
-from sb3_vlm.advisors.prompted import probs_from_top_logprobs, usage_tokens
+from sb3_vlm.advisors.prompted import Generation, usage_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -208,11 +208,8 @@ class BatchLabeller:
             if file_id:
                 answered |= self._collect(client, file_id, todo, report)
         report.failed += len(set(todo) - answered)
-        with self.advisor._lock:  # the advisor's own counters: the training run's cost includes its labelling
-            self.advisor.tokens_in += report.tokens_in
-            self.advisor.tokens_out += report.tokens_out
-            self.advisor.tokens += report.tokens_in + report.tokens_out
-            self.advisor.cost_usd += report.cost_usd
+        # the advisor's own counters: the training run's cost includes its labelling
+        self.advisor.record_usage(report.tokens_in, report.tokens_out, report.cost_usd)
         return report
 
     def _wait(self, client: Any, batch: Any, report: LabelReport) -> Any:
@@ -278,20 +275,10 @@ class BatchLabeller:
 
     def _advice(self, body: dict[str, Any], space: spaces.Space | None) -> Advice:
         """One completion body as the advisor's advice (its parser, its refusal rules)."""
-        advisor = self.advisor
         choices = body.get("choices") or []
         texts = [str(((c or {}).get("message") or {}).get("content") or "") for c in choices]
-        if not texts:
-            return advisor._failed("a batch answer without choices", "")
-        if self._logprobs(space):
-            top = top_logprobs(choices[0])
-            probs = probs_from_top_logprobs(top, advisor.prompt.labels) if top else None
-            if probs is None:
-                return advisor._failed("no action label among the top log-probabilities", texts[0])
-            return Advice(probs=probs, source=advisor.identity, raw=advisor._raw(texts[0]))
-        if isinstance(space, spaces.Discrete) and advisor.distribution == "samples":
-            return advisor._from_samples(texts)
-        return advisor.parse(texts[0], space)
+        top = top_logprobs(choices[0]) if choices else None
+        return self.advisor.advice_from_generation(Generation(texts, top), space, logprobs=self._logprobs(space))
 
 
 def save_views(path: str | os.PathLike[str], requests: Sequence[AdviceRequest]) -> int:

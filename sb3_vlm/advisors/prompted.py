@@ -362,11 +362,7 @@ class PromptedAdvisor(Advisor):
 
         generation = self._with_retries(attempt)
         cost = 0.0 if self.price is None else self.price.cost(generation.tokens_in, generation.tokens_out)
-        with self._lock:
-            self.tokens += generation.tokens
-            self.tokens_in += generation.tokens_in
-            self.tokens_out += generation.tokens_out
-            self.cost_usd += cost
+        self.record_usage(generation.tokens_in, generation.tokens_out, cost, tokens=generation.tokens)
         usage = self._usage.__dict__
         if "tokens_in" in usage:  # a request under a dollar budget: settled when it ends
             usage["tokens_in"] += generation.tokens_in
@@ -493,7 +489,36 @@ class PromptedAdvisor(Advisor):
             )
             return self._from_samples(gen.texts)
         gen = self._call(request, system, user, max_tokens=self.max_tokens, temperature=self.temperature, schema=schema)
-        return self.parse(gen.texts[0] if gen.texts else "", space)
+        return self.advice_from_generation(gen, space)
+
+    def advice_from_generation(self, gen: Generation, space: spaces.Space | None, logprobs: bool = False) -> Advice:
+        """
+        The advice of one answer that came back from this advisor's prompt, however it was sent (a call of its own,
+        or a line of a Batch API's output file): its parser, refusal rules and counters.
+
+        :param gen: the answer texts (several: ``distribution="samples"``) and, for ``logprobs``, the first
+            token's top log-probabilities
+        :param space: the action space
+        :param logprobs: the answer was a one-token call asking for log-probabilities
+        """
+        raw = gen.texts[0] if gen.texts else ""
+        if logprobs:
+            probs = probs_from_top_logprobs(gen.top_logprobs, self.prompt.labels) if gen.top_logprobs else None
+            if probs is None:
+                return self._failed("no action label among the top log-probabilities", raw)
+            return Advice(probs=probs, source=self.identity, raw=self._raw(raw))
+        if isinstance(space, spaces.Discrete) and self.distribution == "samples":
+            return self._from_samples(gen.texts)
+        return self.parse(raw, space)
+
+    def record_usage(self, tokens_in: int, tokens_out: int, cost_usd: float, tokens: int | None = None) -> None:
+        """Add tokens and dollars spent on this advisor's prompt (by its own calls, or a batch run for it);
+        ``tokens``: the total the backend reported (default: prompt plus answer tokens)."""
+        with self._lock:
+            self.tokens += tokens_in + tokens_out if tokens is None else tokens
+            self.tokens_in += tokens_in
+            self.tokens_out += tokens_out
+            self.cost_usd += cost_usd
 
     def _logprob_answer(self, request: AdviceRequest, system: str, user: str) -> Advice | None:
         """The labels' probabilities from one one-token call; None when the backend gave no log-probabilities and
@@ -503,10 +528,7 @@ class PromptedAdvisor(Advisor):
         if gen.top_logprobs is not None:
             if self.distribution == "auto":
                 self._learn_logprobs_support(True)
-            probs = probs_from_top_logprobs(gen.top_logprobs, self.prompt.labels)
-            if probs is None:
-                return self._failed("no action label among the top log-probabilities", raw)
-            return Advice(probs=probs, source=self.identity, raw=self._raw(raw))
+            return self.advice_from_generation(gen, request.action_space, logprobs=True)
         if self.distribution == "logprobs":
             return self._failed("the backend returned no log-probabilities", raw)
         self._learn_logprobs_support(False)
