@@ -209,3 +209,33 @@ def test_cache_queries_quick_smoke(tmp_path: Path) -> None:
     for r in rows:
         assert r["queries"] == r["distinct_views"] < r["requests"] and r["repeated_queries"] == 0
     assert (tmp_path / "cache_queries.png").stat().st_size > 5_000
+
+
+def test_pixels_quick_smoke(tmp_path: Path) -> None:
+    """The pixel benchmark end to end on pixel Pendulum: SB3's CnnPolicy, the DrQ pixel SAC with and without a
+    teacher, resumable, the suite's record shape with env steps/s."""
+    _run_benchmark("pixels", "--quick", out=tmp_path)
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert sorted((r["algo"], r["advisor"], r["policy"]) for r in runs) == [
+        ("sac", "adversarial", "DrQPolicy"),
+        ("sac", "none", "DrQPolicy"),
+        ("sac_cnn", "none", "CnnPolicy"),
+    ]
+    assert all(r["curve_steps"] and np.isfinite(r["eval_return"]) for r in runs)
+    (record,) = json.loads((tmp_path / "summary.json").read_text())
+    assert (record["algo"], record["env"], record["advisor"]) == ("sac", "PixelPendulum", "adversarial")
+    assert record["env_steps_per_s"][0] > 0 and len(record["unguided_final_return"]) == 1
+    assert (tmp_path / "PixelPendulum.png").stat().st_size > 10_000
+    _run_benchmark("pixels", "--quick", out=tmp_path)  # resumes: nothing is run again
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 3
+
+
+def test_pixel_update_speed_quick_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "pixel_update_speed.py"), "--quick", "--out", str(out)]
+    subprocess.run(cmd, check=True, timeout=600, cwd=ROOT)
+    result = json.loads(out.read_text())
+    assert set(result["seconds_per_update"]) == {"sb3_cnn", "guided_cnn", "drq_shift"}
+    assert all(s > 0 for s in result["seconds_per_update"].values())
+    assert result["speedup_vs_sb3_cnn"]["sb3_cnn"] == 1.0
+    assert result["parameters"]["drq_shift"] < result["parameters"]["sb3_cnn"]

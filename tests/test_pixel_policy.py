@@ -160,6 +160,17 @@ def test_guided_sac_encodes_each_batch_once_and_plain_sac_trains_the_policy_too(
         else:
             assert len(calls) == 5 * 3
         assert model.policy.critic_target.features_extractor is encoder
-        change = sum(float((p - b).abs().sum()) for p, b in zip(encoder.parameters(), before, strict=True))
+        change = sum(float((p.detach() - b).abs().sum()) for p, b in zip(encoder.parameters(), before, strict=True))
         assert change > 0  # the critic's loss trained it
         assert not model.policy.memo.active
+
+
+def test_an_advice_critic_copies_the_shared_encoder_of_a_drq_critic() -> None:
+    from sb3_vlm.policies import AdviceCritic
+
+    model = GuidedSAC("DrQPolicy", _pixel_env(), method="sac", **SMALL)
+    critic = AdviceCritic.from_sac_critic(model.critic, model.policy)
+    obs, actions = _batch(model), th.zeros(8, 1)
+    with th.no_grad():
+        expected = th.min(th.cat(model.critic(obs, actions), dim=1), dim=1, keepdim=True)[0]
+    th.testing.assert_close(critic.q_value(obs, actions).reshape(-1, 1), expected.reshape(-1, 1))

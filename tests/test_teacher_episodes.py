@@ -109,3 +109,17 @@ def test_without_an_advice_wrapper_teacher_episodes_leave_the_run_sacs() -> None
     for name, value in sac.policy.state_dict().items():
         assert th.equal(value, model.policy.state_dict()[name]), name
     assert GuidedSAC("MlpPolicy", make_pendulum_env(), advice_exploration="off", **SMALL).advice_exploration is None
+
+
+def test_an_advisor_episode_the_advice_did_not_act_in_counts_for_neither() -> None:
+    explore = TeacherEpisodes(share=1.0, window=10, seed=0)
+    _episodes(explore, {True: 0.0, False: -30.0}, 1)  # the learner's first episode
+    assert explore.advisor_mask(1)[0]
+    for t in range(4):  # the advisor's turn, but its answers were pending or invalid on 3 of 4 steps
+        explore.step(np.array([t == 3]), np.array([25.0]), advised=np.array([t == 0]))
+    assert explore.teacher_returns == [] and explore.learner_returns == [-30.0]
+    for t in range(4):  # advised on half the steps: the advisor's
+        explore.step(np.array([t == 3]), np.array([25.0]), advised=np.array([t < 2]))
+    assert explore.teacher_returns == [100.0]
+    explore.step(np.zeros(3, dtype=bool), np.zeros(3))  # a different number of envs: a fresh start for them
+    assert explore.n_envs == 3 and not explore.advisor_mask(3).any() and explore.teacher_returns == [100.0]

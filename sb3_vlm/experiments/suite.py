@@ -98,9 +98,20 @@ ENVS: dict[str, SuiteEnv] = {
     )
 }
 
-#: envs other benchmarks run through :func:`run_one` that are not in the suite (the query-budget benchmark's)
+#: envs other benchmarks run through :func:`run_one` that are not in the suite (the query-budget benchmark's; the
+#: pixel benchmark's, whose ``env_id`` is a :func:`sb3_vlm.envs.make` name or ``pixel-pendulum``; their random
+#: returns: Pendulum's as above, the others not measured yet)
 EXTRA_ENVS: dict[str, SuiteEnv] = {
-    "GoToDoor-8x8": SuiteEnv("GoToDoor-8x8", "discrete", "MiniGrid-GoToDoor-8x8-v0", 100_000, ("ppo",)),
+    env.name: env
+    for env in (
+        SuiteEnv("GoToDoor-8x8", "discrete", "MiniGrid-GoToDoor-8x8-v0", 100_000, ("ppo",)),
+        SuiteEnv("PixelPendulum", "continuous", "pixel-pendulum", 20_000, ("sac", "sac_cnn"), random_return=-1230.0),
+        SuiteEnv("CarRacing", "continuous", "carracing", 100_000, ("sac", "sac_cnn")),
+        *(
+            SuiteEnv(task, "continuous", f"dmc-{task}", 100_000, ("sac", "sac_cnn"))
+            for task in ("cartpole-swingup", "reacher-easy", "finger-spin", "ball_in_cup-catch")
+        ),
+    )
 }
 
 
@@ -118,6 +129,32 @@ def env_spec(name: str) -> SuiteEnv:
 #: warm-up of 1000 random steps for 10-30k budgets, and a buffer of 100k (never full within a budget, so sampling is
 #: exactly as with the default 1M, at a tenth of the memory).
 MUJOCO_SAC_KWARGS: dict[str, Any] = dict(learning_starts=1000, buffer_size=100_000)
+
+
+#: SAC from pixels, guided and unguided alike: SB3's defaults with a 1000-step warm-up and a 100k buffer (RAD's
+#: and ERPv's; never full within these budgets)
+PIXEL_SAC_KWARGS: dict[str, Any] = dict(learning_starts=1000, buffer_size=100_000)
+
+
+def _paper_env(name: str) -> gym.Env:
+    from sb3_vlm.envs.registry import make
+
+    return make(name).env
+
+
+class _NoTeacher(Advisor):
+    """Stands in for a task's missing teacher: refuses guided runs with a clear error when asked."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    @property
+    def identity(self) -> str:
+        return f"no-teacher({self.name})"
+
+    def _advise(self, requests: Any) -> list[Any]:
+        raise RuntimeError(f"{self.name} has no scripted teacher yet: only unguided runs ('none')")
 
 
 def _view_digest(request: AdviceRequest) -> bytes:
@@ -221,6 +258,19 @@ def _continuous_setup(env: SuiteEnv) -> tuple[Advisor, Callable[[], gym.Env], Ca
         from sb3_vlm.experiments.pendulum import SAC_KWARGS
 
         return PendulumSwingUpOracle(), make_pendulum_env, make_pendulum_env, SAC_KWARGS
+    if env.env_id == "pixel-pendulum":
+        from sb3_vlm.envs.pendulum import PendulumSwingUpOracle, make_pixel_env
+
+        # 64x64 RGB, three frames stacked (the README's pixel Pendulum); the teacher reads the state
+        return PendulumSwingUpOracle(), make_pixel_env, make_pixel_env, PIXEL_SAC_KWARGS
+    if env.env_id == "carracing" or env.env_id.startswith("dmc-"):
+        from sb3_vlm.envs.registry import teacher_defaults
+
+        _, advisor = teacher_defaults(env.env_id)
+        if advisor is None:  # no scripted teacher for this task yet: unguided runs only
+            advisor = _NoTeacher(env.env_id)
+        factory = functools.partial(_paper_env, env.env_id)
+        return advisor, factory, factory, PIXEL_SAC_KWARGS
     if env.env_id == "MountainCarContinuous-v0":
         from sb3_vlm.envs.mountain_car import MountainCarOracle, make_mountain_car_env
 
@@ -246,8 +296,16 @@ def _continuous_run(job: dict[str, Any]) -> dict[str, Any]:
 
     oracle, make_env, make_eval_env, sac_kwargs = _continuous_setup(env_spec(job["env"]))
     guided = job["advisor"] != UNGUIDED
+    # the pixel benchmark's: the policy of both runs (e.g. "DrQPolicy"), GuidedSAC's options for both runs
+    # (model_kwargs, e.g. augmentation="shift") and overrides of the base SAC arguments (sac_kwargs)
+    policy = job.get("policy", "MlpPolicy")
+    model_kwargs = dict(job.get("model_kwargs") or {})
+    sac_kwargs = {**sac_kwargs, **(job.get("sac_kwargs") or {})}
+    if guided and isinstance(oracle, _NoTeacher):
+        raise RuntimeError(f"{job['env']} has no scripted teacher yet: only unguided runs ('none')")
     trace = GuidanceTrace()
-    curve = EvalCurveCallback(every=1000, episodes=5, seed=job["seed"], make_env=make_eval_env)
+    every, episodes = job.get("eval_every", 1000), job.get("eval_episodes", 5)
+    curve = EvalCurveCallback(every=every, episodes=episodes, seed=job["seed"], make_env=make_eval_env)
     advisor = None
     if guided:
         advisor = make_advisor(job["advisor"], oracle, "continuous", job["seed"])
@@ -256,9 +314,12 @@ def _continuous_run(job: dict[str, Any]) -> dict[str, Any]:
         # keep none, as they were measured)
         cache = AdviceCache() if query is not None else None
         env = VLMAdviceWrapper(Monitor(make_env()), advisor, cache=cache, query=query)
-        model: Any = GuidedSAC("MlpPolicy", env, seed=job["seed"], **sac_kwargs, **(job.get("guided_kwargs") or {}))
-    else:
-        model = SAC("MlpPolicy", Monitor(make_env()), seed=job["seed"], **sac_kwargs)
+        guided_kwargs = {**model_kwargs, **(job.get("guided_kwargs") or {})}
+        model: Any = GuidedSAC(policy, env, seed=job["seed"], **sac_kwargs, **guided_kwargs)
+    elif policy in SAC.policy_aliases and not model_kwargs:
+        model = SAC(policy, Monitor(make_env()), seed=job["seed"], **sac_kwargs)
+    else:  # GuidedSAC's own policy or options, without guidance (bit-identical to SAC where SAC has them)
+        model = GuidedSAC(policy, Monitor(make_env()), method="sac", seed=job["seed"], **sac_kwargs, **model_kwargs)
     model.learn(job["steps"], callback=[curve, trace])
     return dict(
         curve_steps=curve.steps,
@@ -361,7 +422,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         unguided = paired or unguided
         if not unguided:
             continue
-        env = ENVS[env_name]
+        env = env_spec(env_name)
         group = sorted(group, key=lambda r: r["seed"])
         u_final = float(np.mean([_final_curve_value(r) for r in unguided]))
         best = max(

@@ -112,5 +112,10 @@ class AdviceCritic(ContinuousCritic):
             normalize_images=kwargs["normalize_images"],
             n_critics=kwargs["n_critics"],
         ).to(critic.device)
-        advice_critic.load_state_dict(critic.state_dict())
+        state = critic.state_dict()
+        if not any(k.startswith("features_extractor.") for k in state):
+            # a critic that reads a shared encoder it does not own (SharedEncoderSACPolicy): copy the encoder too
+            encoder = critic.features_extractor.state_dict()
+            state = {**state, **{f"features_extractor.{k}": v for k, v in encoder.items()}}
+        advice_critic.load_state_dict(state)
         return advice_critic.freeze()

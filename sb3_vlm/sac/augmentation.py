@@ -35,7 +35,8 @@ def random_shift(images: th.Tensor, pad: int = 4, generator: th.Generator | None
     left, right = rows[..., :1].expand(n, c, h + 2 * pad, pad), rows[..., -1:].expand(n, c, h + 2 * pad, pad)
     padded = th.cat([left, rows, right], dim=3)
     # offsets drawn where the generator lives (a CPU generator for CUDA images)
-    offsets = th.randint(0, 2 * pad + 1, (2, n), generator=generator, device=generator.device if generator else None)
+    device = generator.device if generator is not None else images.device
+    offsets = th.randint(0, 2 * pad + 1, (2, n), generator=generator, device=device)
     out = th.empty_like(images)
     # one slice copy per sample: a gather over (N, C, H, W) index tensors took 5x longer for 256 frames of 9x84x84
     for i, (dy, dx) in enumerate(zip(*offsets.tolist(), strict=True)):

@@ -48,8 +48,15 @@ class RandomAlternatingExploration:
             self.reset(n_envs)
         return self.advisor_turn.copy()
 
-    def step(self, dones: np.ndarray, rewards: np.ndarray | None = None, allowed: bool = True) -> None:
-        """Advance one env step; ``dones`` start a new episode (with a new phase length). Rewards are not used."""
+    def step(
+        self,
+        dones: np.ndarray,
+        rewards: np.ndarray | None = None,
+        allowed: bool = True,
+        advised: np.ndarray | None = None,
+    ) -> None:
+        """Advance one env step; ``dones`` start a new episode (with a new phase length). The other arguments
+        (:class:`TeacherEpisodes`' evidence) are not used."""
         if self.n_envs == 0:
             self.reset(len(dones))
         self.steps_in_phase += 1
@@ -95,6 +102,8 @@ class TeacherEpisodes:
         self.n_envs = 0
         self.advisor_turn = np.zeros(0, dtype=bool)
         self.episode_return = np.zeros(0, dtype=np.float64)
+        self.episode_steps = np.zeros(0, dtype=np.int64)
+        self.advised_steps = np.zeros(0, dtype=np.int64)
         self.teacher_returns: list[float] = []
         self.learner_returns: list[float] = []
 
@@ -115,11 +124,13 @@ class TeacherEpisodes:
         return (draws < self.current_share) & allowed
 
     def reset(self, n_envs: int) -> None:
-        """Start: every env's first episode is the learner's (its return is the first evidence to compare with,
-        and by its end the advice's diversity is known)."""
+        """Start (or the envs were reset): every env's next episode is the learner's (its return is the first
+        evidence to compare with, and by its end the advice's diversity is known). The returns on record stay."""
         self.n_envs = n_envs
         self.advisor_turn = np.zeros(n_envs, dtype=bool)
         self.episode_return = np.zeros(n_envs, dtype=np.float64)
+        self.episode_steps = np.zeros(n_envs, dtype=np.int64)
+        self.advised_steps = np.zeros(n_envs, dtype=np.int64)
 
     def advisor_mask(self, n_envs: int) -> np.ndarray:
         """Which envs act with the advisor's action on this step."""
@@ -127,20 +138,37 @@ class TeacherEpisodes:
             self.reset(n_envs)
         return self.advisor_turn.copy()
 
-    def step(self, dones: np.ndarray, rewards: np.ndarray | None = None, allowed: bool = True) -> None:
+    def step(
+        self,
+        dones: np.ndarray,
+        rewards: np.ndarray | None = None,
+        allowed: bool = True,
+        advised: np.ndarray | None = None,
+    ) -> None:
         """
         Advance one env step: add ``rewards`` to the episodes' returns; a done episode's return joins its kind's
         record and the env draws who acts next (the advisor only if ``allowed``, e.g. its advice depends on the view).
+
+        :param advised: which envs acted on the advice this step (default: those whose episode is the advisor's).
+            An advisor's episode in which the advice acted on fewer than half the steps (pending, failed or invalid
+            answers, where the actor acts) is the advisor's no more than the learner's: its return counts for neither
         """
-        if self.n_envs == 0:
+        dones = np.asarray(dones, dtype=bool).reshape(-1)
+        if self.n_envs != len(dones):
             self.reset(len(dones))
         if rewards is not None:
             self.episode_return += np.asarray(rewards, dtype=np.float64).reshape(self.n_envs)
-        for i in np.flatnonzero(np.asarray(dones, dtype=bool)):
-            record = self.teacher_returns if self.advisor_turn[i] else self.learner_returns
-            record.append(float(self.episode_return[i]))
-            del record[: -self.window]
-            self.episode_return[i] = 0.0
+        self.episode_steps += 1
+        self.advised_steps += self.advisor_turn if advised is None else np.asarray(advised, dtype=bool)
+        for i in np.flatnonzero(dones):
+            if not self.advisor_turn[i]:
+                record: list[float] | None = self.learner_returns
+            else:
+                record = self.teacher_returns if 2 * self.advised_steps[i] >= self.episode_steps[i] else None
+            if record is not None:
+                record.append(float(self.episode_return[i]))
+                del record[: -self.window]
+            self.episode_return[i], self.episode_steps[i], self.advised_steps[i] = 0.0, 0, 0
             self.advisor_turn[i] = self._draw(1, allowed)[0]
 
     def __repr__(self) -> str:

@@ -523,6 +523,7 @@ class GuidedSAC(SAC):
     ) -> tuple[np.ndarray, np.ndarray]:
         action, buffer_action = super()._sample_action(learning_starts, action_noise, n_envs)
         use_advice = np.zeros(n_envs, dtype=bool)
+        self._acted_on_advice = use_advice  # which envs act on advice this step (none, unless replaced below)
         if self.advice_warmup and self.num_timesteps < learning_starts:
             use_advice[:] = True
         # (teacher episodes wait for the first advice: an env without an advice wrapper just trains as SAC)
@@ -538,6 +539,7 @@ class GuidedSAC(SAC):
                 action[replace] = targets[replace]
                 buffer_action[replace] = self.policy.scale_action(targets[replace])
                 self.n_advised_actions += int(replace.sum())
+                self._acted_on_advice = replace
         return action, buffer_action
 
     def _store_transition(self, replay_buffer, buffer_action, new_obs, reward, dones, infos) -> None:  # type: ignore[no-untyped-def]
@@ -554,7 +556,11 @@ class GuidedSAC(SAC):
             done = np.asarray(dones, dtype=bool)
             min_diversity = getattr(self, "min_advice_diversity", 0.0)
             allowed = not done.any() or min_diversity <= 0 or self.advice_diversity() >= min_diversity
-            self.advice_exploration.step(done, np.asarray(reward), allowed=allowed)
+            # the env's own rewards (SB3 stores VecNormalize's original ones too), and which envs the advice acted in
+            vec_normalize = self._vec_normalize_env
+            original = vec_normalize.get_original_reward() if vec_normalize is not None else reward
+            acted = getattr(self, "_acted_on_advice", None)
+            self.advice_exploration.step(done, np.asarray(original), allowed=allowed, advised=acted)
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
 
     # ------------------------------------------------------------------ guidance terms
@@ -923,6 +929,10 @@ class GuidedSAC(SAC):
         return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
 
     def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        reset = kwargs.get("reset_num_timesteps", args[2] if len(args) > 2 else True)
         out = super()._setup_learn(*args, **kwargs)
         bind_learner(self.env, self)  # the advice wrappers' query selectors may ask the policy (sb3-vlm)
+        if reset and isinstance(self.advice_exploration, TeacherEpisodes) and self.env is not None:
+            # the envs were reset: no episode carries over (the returns on record stay the evidence)
+            self.advice_exploration.reset(self.env.num_envs)
         return out
