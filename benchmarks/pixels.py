@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sb3_vlm.experiments.plotting import plot_panels
-from sb3_vlm.experiments.runner import run_jobs
-from sb3_vlm.experiments.suite import EXTRA_ENVS, UNGUIDED, job_key, markdown_table, run_one, summarise
+from sb3_vlm.experiments.suite import EXTRA_ENVS, UNGUIDED, markdown_table, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVS = ["PixelPendulum", "CarRacing", "cartpole-swingup", "reacher-easy", "finger-spin", "ball_in_cup-catch"]
@@ -81,17 +80,7 @@ def main() -> None:
     if args.quick:
         args.envs, args.seeds, args.steps = ["PixelPendulum"], args.seeds[:1], args.steps or 120
         args.advisors = [UNGUIDED, "adversarial"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    runs = run_jobs(
-        _jobs(args),
-        run_one,
-        job_key,
-        args.out / "runs.jsonl",
-        workers=args.workers,
-        report_only=args.report_only,
-        describe=_describe,
-    )
-    summary = summarise(runs)
+    runs, summary = run_sweep(_jobs(args), args.out, args.workers, args.report_only, _describe)
     speeds = {(r["algo"], r["env"], r["advisor"], r["seed"]): r["steps"] / max(r["wall_time"], 1e-9) for r in runs}
     for record in summary:
         record["env_steps_per_s"] = [

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sb3_vlm.experiments.plotting import plot_panels
-from sb3_vlm.experiments.runner import run_jobs
-from sb3_vlm.experiments.suite import ADVISORS, ENVS, UNGUIDED, job_key, markdown_table, run_one, summarise
+from sb3_vlm.experiments.suite import ADVISORS, ENVS, UNGUIDED, markdown_table, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 README_START, README_END = "<!-- suite-table:start -->", "<!-- suite-table:end -->"
@@ -103,17 +102,7 @@ def main() -> None:
         args.seeds = args.seeds[:1]
         args.advisors = [a for a in args.advisors if a in (UNGUIDED, "adversarial")] or args.advisors[:1]
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    runs = run_jobs(
-        _jobs(args),
-        run_one,
-        job_key,
-        args.out / "runs.jsonl",
-        workers=args.workers,
-        report_only=args.report_only,
-        describe=_describe,
-    )
-    summary = summarise(runs)
+    runs, summary = run_sweep(_jobs(args), args.out, args.workers, args.report_only, _describe)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     _plots(runs, args.out)
     table = markdown_table(summary)

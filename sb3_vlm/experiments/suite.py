@@ -27,6 +27,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -37,7 +38,7 @@ from sb3_vlm.advice import AdviceRequest
 from sb3_vlm.advisors.base import Advisor
 from sb3_vlm.advisors.cache import AdviceCache
 from sb3_vlm.advisors.scripted import ConstantAdvisor, NoisyAdvisor, ProjectedGridKey
-from sb3_vlm.experiments.runner import steps_to_threshold
+from sb3_vlm.experiments.runner import run_jobs, steps_to_threshold
 from sb3_vlm.guidance.trust import TrustSettings
 from sb3_vlm.wrappers.selection import selector_from_spec
 
@@ -378,6 +379,26 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     env = env_spec(job["env"])
     out = _discrete_run(job) if env.family == "discrete" else _continuous_run(job)
     return dict(job, **out, wall_time=time.time() - start)
+
+
+def run_sweep(
+    jobs: list[dict[str, Any]],
+    out: Path,
+    workers: int = 2,
+    report_only: bool = False,
+    describe: Callable[[dict[str, Any]], str] = lambda r: "",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """
+    The benchmark drivers' sweep: the ``jobs`` not yet in ``out/runs.jsonl`` run through :func:`run_one` (see
+    :func:`~sb3_vlm.experiments.runner.run_jobs`), then every run's :func:`summarise` record.
+
+    :return: the runs and their summary records
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    runs = run_jobs(
+        jobs, run_one, job_key, out / "runs.jsonl", workers=workers, report_only=report_only, describe=describe
+    )
+    return runs, summarise(runs)
 
 
 def job_key(job: dict[str, Any]) -> tuple[Any, ...]:

@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 
-class RandomAlternatingExploration:
+class AdvisorTurns(ABC):
+    """Which envs act with the advisor's action, per env (so ``n_envs > 1`` works): what GuidedSAC asks each step."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.n_envs = 0
+        self.advisor_turn = np.zeros(0, dtype=bool)
+
+    @abstractmethod
+    def reset(self, n_envs: int) -> None:
+        """Start with ``n_envs`` envs."""
+
+    @abstractmethod
+    def step(
+        self,
+        dones: np.ndarray,
+        rewards: np.ndarray | None = None,
+        allowed: bool = True,
+        advised: np.ndarray | None = None,
+    ) -> None:
+        """Advance one env step (``dones`` end episodes; the rest is evidence a subclass may use)."""
+
+    def advisor_mask(self, n_envs: int) -> np.ndarray:
+        """Which envs act with the advisor's action on this step."""
+        if self.n_envs != n_envs:
+            self.reset(n_envs)
+        return self.advisor_turn.copy()
+
+
+class RandomAlternatingExploration(AdvisorTurns):
     """
     ERPv's RAE: each episode draws a phase length ``T_switch ~ U[min_phase, max_phase]`` and alternates, every
     ``T_switch`` steps, between the RL actor and the advisor's actions; the first phase of an episode is the
@@ -22,10 +53,8 @@ class RandomAlternatingExploration:
     def __init__(self, min_phase: int = 50, max_phase: int = 400, seed: int | None = None):
         if not 1 <= min_phase <= max_phase:
             raise ValueError(f"Need 1 <= min_phase <= max_phase, got {min_phase}, {max_phase}")
+        super().__init__(seed)
         self.min_phase, self.max_phase = int(min_phase), int(max_phase)
-        self.rng = np.random.default_rng(seed)
-        self.n_envs = 0
-        self.advisor_turn = np.zeros(0, dtype=bool)
         self.phase_length = np.zeros(0, dtype=np.int64)
         self.steps_in_phase = np.zeros(0, dtype=np.int64)
 
@@ -41,12 +70,6 @@ class RandomAlternatingExploration:
         self.phase_length = np.zeros(n_envs, dtype=np.int64)
         self.steps_in_phase = np.zeros(n_envs, dtype=np.int64)
         self._new_episode(np.ones(n_envs, dtype=bool))
-
-    def advisor_mask(self, n_envs: int) -> np.ndarray:
-        """Which envs act with the advisor's action on this step."""
-        if self.n_envs != n_envs:
-            self.reset(n_envs)
-        return self.advisor_turn.copy()
 
     def step(
         self,
@@ -71,7 +94,7 @@ class RandomAlternatingExploration:
         return f"RandomAlternatingExploration({self.min_phase}, {self.max_phase})"
 
 
-class TeacherEpisodes:
+class TeacherEpisodes(AdvisorTurns):
     """
     Whole episodes acted by the advisor, for as long as they return more than the learner's own (off-policy
     exploration by the teacher, with its share decided by the run's evidence).
@@ -97,10 +120,8 @@ class TeacherEpisodes:
             raise ValueError(f"share must be in [0, 1], got {share}")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
+        super().__init__(seed)
         self.share, self.window = float(share), int(window)
-        self.rng = np.random.default_rng(seed)
-        self.n_envs = 0
-        self.advisor_turn = np.zeros(0, dtype=bool)
         self.episode_return = np.zeros(0, dtype=np.float64)
         self.episode_steps = np.zeros(0, dtype=np.int64)
         self.advised_steps = np.zeros(0, dtype=np.int64)
@@ -131,12 +152,6 @@ class TeacherEpisodes:
         self.episode_return = np.zeros(n_envs, dtype=np.float64)
         self.episode_steps = np.zeros(n_envs, dtype=np.int64)
         self.advised_steps = np.zeros(n_envs, dtype=np.int64)
-
-    def advisor_mask(self, n_envs: int) -> np.ndarray:
-        """Which envs act with the advisor's action on this step."""
-        if self.n_envs != n_envs:
-            self.reset(n_envs)
-        return self.advisor_turn.copy()
 
     def step(
         self,

@@ -32,7 +32,7 @@ from sb3_vlm.policies.advice_critic import AdviceCritic
 from sb3_vlm.policies.pixel import SharedEncoderSACPolicy, encoder_frozen, features_once
 from sb3_vlm.policies.transition import TransitionModel
 from sb3_vlm.sac.augmentation import RandomShift
-from sb3_vlm.sac.exploration import RandomAlternatingExploration, TeacherEpisodes
+from sb3_vlm.sac.exploration import AdvisorTurns, RandomAlternatingExploration, TeacherEpisodes
 from sb3_vlm.sac.terms import (
     ActionMSETerm,
     AdvantageGate,
@@ -54,7 +54,7 @@ SelfGuidedSAC = TypeVar("SelfGuidedSAC", bound="GuidedSAC")
 
 Guidance = Literal["vpg", "gated_bc", "mse", "annealed_mse", "random_gate", "none"]
 #: who may act instead of the actor during data collection (``advice_exploration=``)
-AdviceExploration = RandomAlternatingExploration | TeacherEpisodes | Literal["teacher_episodes", "off"]
+AdviceExploration = AdvisorTurns | Literal["teacher_episodes", "off"]
 GUIDANCES: tuple[str, ...] = ("vpg", "gated_bc", "mse", "annealed_mse", "random_gate", "none")
 
 #: each method's defaults; any explicit argument overrides them
@@ -329,10 +329,10 @@ class GuidedSAC(SAC):
             advice_exploration = TeacherEpisodes(seed=seed)
         elif advice_exploration == "off":
             advice_exploration = None
-        elif not isinstance(advice_exploration, (RandomAlternatingExploration, TeacherEpisodes)):
+        elif not isinstance(advice_exploration, AdvisorTurns):
             raise ValueError(
-                "advice_exploration must be None, 'teacher_episodes', 'off', a RandomAlternatingExploration or a "
-                f"TeacherEpisodes, got {advice_exploration!r}"
+                "advice_exploration must be None, 'teacher_episodes', 'off' or an AdvisorTurns (e.g. "
+                f"RandomAlternatingExploration, TeacherEpisodes), got {advice_exploration!r}"
             )
         self.advice_exploration = advice_exploration
         self.advice_key = advice_key
