@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.sac_steps, args.ppo_steps, args.blocking_steps = [0], 300, 2048, [0, 0]
+        # a 300-step SAC run lasts ~1.5 s on a fast machine: at 0.5 s an answer, a non-blocking run could end
+        # before its first answer arrived (seen once in CI: 0 advised rows)
+        args.latency = min(args.latency, 0.05)
     steps = {"sac": args.sac_steps, "ppo": args.ppo_steps}
     rows: list[dict[str, Any]] = []
     for algo in args.algos:
