@@ -14,6 +14,8 @@ Usage::
     python benchmarks/covr_loop.py              # 3 variants x 5 seeds (about 10 minutes on 2 cores)
     python benchmarks/covr_loop.py --quick      # CI smoke: one seed, 3k steps
     python benchmarks/covr_loop.py --report-only
+    python benchmarks/covr_loop.py --teacher pocket --env-id MiniGrid-LavaGapS7-v0 --steps 100000 --seeds 0 1 2
+                                                # issue 20: the pocket VLM, frozen against LoRA-fine-tuned
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def _key(job: dict[str, Any]) -> tuple[Any, ...]:
         job["reliability"],
         job["psi0"],
         job.get("smoothing", 0.0),
+        job.get("teacher", "table"),
     )
 
 
@@ -56,6 +59,9 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
         psi0=job["psi0"],
         eval_episodes=job["eval_episodes"],
         smoothing=job.get("smoothing", 0.0),
+        teacher=job.get("teacher", "table"),
+        # the pocket VLM runs with GuidedPPO's defaults (issue 20 compares teachers, not λ)
+        teacher_coef=None if job.get("teacher") == "pocket" else 0.05,
     )
 
 
@@ -92,9 +98,15 @@ def _by_round(rs: list[dict[str, Any]]) -> list[float]:
     return [float(np.mean([r["accuracy"][i] for r in rs])) for i in range(rounds)]
 
 
+def _teacher(meta: dict[str, Any]) -> str:
+    if meta.get("teacher") == "pocket":
+        return "the pocket VLM (hf:pocket-minigrid, LoRA rounds)"
+    return f"a table over the oracle, reliability {meta['reliability']}"
+
+
 def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
-        f"{meta['env_id']}, {meta['steps']:,} steps, seeds {meta['seeds']}, teacher reliability {meta['reliability']}, "
+        f"{meta['env_id']}, {meta['steps']:,} steps, seeds {meta['seeds']}, teacher {_teacher(meta)}, "
         f"ψ0 = {meta['psi0']:,}",
         "",
         f"| variant | seeds reaching {THRESHOLD} | steps to mean return {THRESHOLD} | per seed | mean training return "
@@ -123,7 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--variants", nargs="+", default=list(LABELS), choices=list(LABELS))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", default="benchmarks/results/covr_loop")
+    parser.add_argument(
+        "--teacher",
+        default="table",
+        choices=["table", "pocket"],
+        help="table: the nearest-neighbour table over a noisy oracle; pocket: the pocket VLM with real LoRA rounds",
+    )
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/covr_loop (covr_pocket/ENV)")
     parser.add_argument("--quick", action="store_true", help="CI smoke: seed 0, 3k steps, ψ0 = 1000")
     parser.add_argument("--report-only", action="store_true", help="summarise the runs already in runs.jsonl")
     args = parser.parse_args(argv)
@@ -139,10 +157,14 @@ def main(argv: list[str] | None = None) -> int:
             psi0=args.psi0,
             eval_episodes=args.eval_episodes,
             smoothing=args.smoothing,
+            teacher=args.teacher,
         )
         for s in args.seeds
         for v in args.variants
     ]
+    if args.out is None:
+        pocket_out = Path("benchmarks/results/covr_pocket") / args.env_id.removeprefix("MiniGrid-").removesuffix("-v0")
+        args.out = "benchmarks/results/covr_loop" if args.teacher == "table" else str(pocket_out)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from sb3_vlm.experiments.runner import run_jobs
@@ -161,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         reliability=args.reliability,
         psi0=args.psi0,
         smoothing=args.smoothing,
+        teacher=args.teacher,
     )
     rows = summarise(runs)
     (out / "summary.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
@@ -171,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_learning_curves(
         {k: v for k, v in curves.items() if v},
         out / "learning.png",
-        title=f"{args.env_id}, poor teacher (r = {args.reliability}), {len(args.seeds)} seeds",
+        title=f"{args.env_id}, teacher {_teacher(meta)}, {len(args.seeds)} seeds",
         threshold=THRESHOLD,
     )
     accuracy = [(r["accuracy_steps"], r["accuracy"]) for r in runs if r["variant"] == "covr" and r["accuracy"]]

@@ -19,9 +19,23 @@ def _demo(args: argparse.Namespace) -> int:
 
     th.set_num_threads(1)  # small MLPs: one thread is fastest and leaves a core for the envs
     console = Console(width=max(Console().width, 130))  # keep the table on one line per run in CI logs
+    advisor = None
+    teacher = f"MiniGrid oracle made {args.reliability:.0%} reliable"
+    if args.advisor is not None:
+        from sb3_vlm.advisors.factory import advisor_from_spec
+        from sb3_vlm.advisors.prompts import MINIGRID_PROMPT
+        from sb3_vlm.envs.minigrid import MiniGridOracle
+
+        try:
+            advisor = advisor_from_spec(args.advisor, MINIGRID_PROMPT, oracle=MiniGridOracle())
+        except (ValueError, ImportError, FileNotFoundError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return 2
+        teacher = repr(advisor)
     console.print(
-        f"[bold]sb3-vlm demo[/bold]: PPO vs GuidedPPO on {args.env}, teacher = MiniGrid oracle made "
-        f"{args.reliability:.0%} reliable, {args.steps:,} env steps each, seed {args.seed}. No API key needed."
+        f"[bold]sb3-vlm demo[/bold]: PPO vs GuidedPPO on {args.env}, teacher = {teacher}, {args.steps:,} env steps "
+        f"each, seed {args.seed}."
+        + ("" if args.advisor and args.advisor.split(":")[0] in ("openai", "gemini") else " No API key needed.")
     )
     results = []
     for guided in (False, True):
@@ -38,6 +52,7 @@ def _demo(args: argparse.Namespace) -> int:
                 teacher_coef=args.teacher_coef,
                 threshold=args.threshold,
                 progress_bar=not args.no_progress,
+                advisor=advisor,
             )
         )
     out = Path(args.out)
@@ -69,7 +84,7 @@ def _demo(args: argparse.Namespace) -> int:
     plot_learning_curves(
         {("GuidedPPO" if r.guided else "PPO"): [(r.curve_steps, r.curve_returns)] for r in results},
         png,
-        title=f"{args.env}, teacher {args.reliability:.0%} reliable",
+        title=f"{args.env}, teacher {teacher}",
         threshold=args.threshold,
     )
     (out / "demo_results.json").write_text(json.dumps([r.as_dict() for r in results], indent=1))
@@ -463,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher-coef", type=float, default=None, help="λ of the KL term (default: GuidedPPO's, with adaptive trust)"
     )
     demo.add_argument("--threshold", type=float, default=0.9, help="mean return target (default: %(default)s)")
+    demo.add_argument(
+        "--advisor",
+        default=None,
+        help="teacher spec instead of the noisy oracle (openai:MODEL, gemini:MODEL, hf:PATH, constant:2 ...; "
+        "--reliability is then unused)",
+    )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--out", default="demo_out", help="output folder for the PNG and JSON (default: %(default)s)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")

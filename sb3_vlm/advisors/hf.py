@@ -6,6 +6,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -59,6 +60,28 @@ class SplitProcessor:
         return self.tokenizer.batch_decode(ids, **kwargs)
 
 
+#: VLMs that ship inside the package (no download): short name -> directory. ``pocket-minigrid`` is the pocket
+#: Qwen2-VL of issue 20, rebuilt by ``python -m sb3_vlm.experiments.pocket --out DIR``
+POCKET_MODELS = {"pocket-minigrid": Path(__file__).parent / "pocket" / "minigrid"}
+
+
+def resolve_model(model: str) -> tuple[str, str]:
+    """
+    ``(path_or_hub_id, name)`` for ``model``: a :data:`POCKET_MODELS` name becomes its directory, named with a digest
+    of its weights (so caches never serve a rebuilt model's predecessor's answers); anything else is itself.
+    """
+    if model not in POCKET_MODELS:
+        return model, model
+    path = POCKET_MODELS[model]
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"The {model} weights are missing from {path} (a broken install?); rebuild them with "
+            f"python -m sb3_vlm.experiments.pocket --out {path}"
+        )
+    return str(path), f"{model}@{hashlib.sha256(weights.read_bytes()).hexdigest()[:10]}"
+
+
 def load_processor(path: str, **kwargs: Any) -> Any:
     """``AutoProcessor``, or a :class:`SplitProcessor` when it needs torchvision (logged, not silent)."""
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
@@ -91,7 +114,8 @@ class HFAdvisor(PromptedAdvisor):
       from the next-token logits (softmax over the labels' first tokens), no generation at all.
     - Continuous actions (or ``distribution="written"``): greedy generation, parsed like API answers.
 
-    :param model: a hub id or a local directory
+    :param model: a hub id, a local directory, or a model shipped with the package (:data:`POCKET_MODELS`:
+        ``"pocket-minigrid"``)
     :param prompt: the :class:`~sb3_vlm.advisors.prompts.PromptTemplate`
     :param device: torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``); ``"auto"``: CUDA where there is a GPU, else
         the CPU
@@ -136,7 +160,10 @@ class HFAdvisor(PromptedAdvisor):
         kwargs = dict(model_kwargs or {})
         if device == "auto":
             device = "cuda" if th.cuda.is_available() else "cpu"
-        self.model_name, self.device, self.batch_size, self.adapter = model, device, batch_size, adapter
+        model, name = resolve_model(model)
+        if name != model:
+            kwargs["local_files_only"] = True  # a shipped model never touches the hub
+        self.model_name, self.device, self.batch_size, self.adapter = name, device, batch_size, adapter
         self.adapter_digest = ""
         self.dtype = dtype
         torch_dtype: Any = dtype if dtype == "auto" else getattr(th, dtype)
@@ -147,6 +174,10 @@ class HFAdvisor(PromptedAdvisor):
         if adapter is not None:
             self.load_adapter(adapter)
         self.model.eval()
+        # a model trained on views of one size says so in its config (the pocket VLM: one image token per cell)
+        view_size = getattr(self.model.config, "sb3_vlm_view_size", None)
+        if view_size is not None:
+            self.preferred_view_size = int(view_size)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"  # generation and last-position scoring need left padding
         self._label_ids: list[int] | None = None

@@ -33,6 +33,7 @@ from sb3_vlm.ppo import GuidedPPO
 from sb3_vlm.wrappers import VLMAdviceWrapper
 
 Variant = Literal["unguided", "poor", "covr"]
+Teacher = Literal["table", "pocket"]
 VARIANTS: tuple[str, ...] = ("unguided", "poor", "covr")
 
 
@@ -107,20 +108,37 @@ def run(
     total_timesteps: int,
     env_id: str = "MiniGrid-LavaGapS7-v0",
     reliability: float = 0.2,
-    teacher_coef: float = 0.05,
+    teacher_coef: float | None = 0.05,
     psi0: int = 2_500,
     start_guidance_after: int = 1,
     threshold: float = 0.9,
     eval_episodes: int = 50,
     probe_episodes: int = 20,
     smoothing: float = 0.0,
+    teacher: Teacher = "table",
 ) -> dict[str, Any]:
-    """Train one variant and measure it: learning curve, steps to ``threshold``, final success, advice accuracy."""
+    """
+    Train one variant and measure it: learning curve, steps to ``threshold``, final success, advice accuracy.
+
+    :param teacher: ``"table"``: the nearest-neighbour table in front of the oracle made ``reliability`` reliable
+        (``reliability`` and ``smoothing`` apply); ``"pocket"``: the pocket VLM (``HFAdvisor("pocket-minigrid")``,
+        fine-tuned by real LoRA rounds with :class:`~sb3_vlm.finetune.LoraSettings`' defaults)
+    :param teacher_coef: GuidedPPO's λ; None: its default (adaptive trust)
+    """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    table = NearestNeighbourAdvisor(
-        NoisyAdvisor(MiniGridOracle(), reliability=reliability, seed=seed), smoothing=smoothing
-    )
+    if teacher not in ("table", "pocket"):
+        raise ValueError(f"teacher must be 'table' or 'pocket', got {teacher!r}")
+    table: Advisor
+    if teacher == "pocket":
+        from sb3_vlm.advisors.hf import HFAdvisor
+        from sb3_vlm.advisors.prompts import MINIGRID_PROMPT
+
+        table = HFAdvisor("pocket-minigrid", MINIGRID_PROMPT)
+    else:
+        table = NearestNeighbourAdvisor(
+            NoisyAdvisor(MiniGridOracle(), reliability=reliability, seed=seed), smoothing=smoothing
+        )
     views = probe_views(env_id, probe_episodes)
     wrapper_kwargs = dict(advisor=table, cache=AdviceCache())
     env = make_vec_env(
@@ -135,7 +153,8 @@ def run(
     if variant == "unguided":
         model = PPO("MlpPolicy", env, seed=seed, device="cpu", **PPO_KWARGS)
     else:
-        model = GuidedPPO("MlpPolicy", env, teacher_coef=teacher_coef, seed=seed, device="cpu", **PPO_KWARGS)
+        coef: dict[str, Any] = {} if teacher_coef is None else {"teacher_coef": teacher_coef}
+        model = GuidedPPO("MlpPolicy", env, seed=seed, device="cpu", **coef, **PPO_KWARGS)
     curve = EpisodeCurveCallback()
     callbacks: list[BaseCallback] = [curve]
     accuracy_before = advice_accuracy(table, views)
@@ -175,7 +194,8 @@ def run(
             {k: h[k] for k in ("round", "timesteps", "df_size", "selected", "mean_weight", "loss", "entropy")}
             for h in (finetune.history if finetune else [])
         ],
-        table_views=len(table),
+        teacher=teacher,
+        table_views=len(table) if isinstance(table, NearestNeighbourAdvisor) else None,
         probe_views=len(views),
         wall_time=wall,
     )

@@ -183,10 +183,15 @@ def run(
     eval_episodes: int = 50,
     progress_bar: bool = False,
     schedule_name: str = "",
+    advisor: Advisor | None = None,
 ) -> RunResult:
-    """Train one model and measure it: learning curve, steps to ``threshold`` mean return, final success."""
+    """
+    Train one model and measure it: learning curve, steps to ``threshold`` mean return, final success.
+
+    :param advisor: the teacher (default: the oracle made ``reliability`` reliable)
+    """
     cache = AdviceCache()  # shared by the run's 8 envs
-    model = build_model(algo, env_id, guided, seed, reliability, teacher_coef, cache, STUDENT_OBS)
+    model = build_model(algo, env_id, guided, seed, reliability, teacher_coef, cache, STUDENT_OBS, advisor=advisor)
     curve = EpisodeCurveCallback()
     start = time.perf_counter()
     model.learn(total_timesteps, callback=curve, progress_bar=progress_bar)

@@ -36,7 +36,7 @@ TINY_TEXT: dict[str, Any] = dict(
 )
 
 
-def _tokenizer(specials: list[str]):
+def _tokenizer(specials: list[str], corpus: list[str] = CORPUS, vocab_size: int = 2000):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token=specials[3] if "<unk>" in specials else None))
@@ -44,7 +44,7 @@ def _tokenizer(specials: list[str]):
     tok.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     tok.train_from_iterator(
-        CORPUS, trainers.BpeTrainer(vocab_size=2000, special_tokens=specials, initial_alphabet=alphabet)
+        corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet)
     )
     return tok
 
@@ -107,12 +107,38 @@ def build_tiny_llava(path: Path) -> Path:
     return path
 
 
-def build_tiny_qwen2vl(path: Path) -> Path:
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}{{ '\\n' }}{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant{{ '\\n' }}{% endif %}"
+)
+
+
+def build_qwen2vl(
+    path: Path,
+    text: dict[str, Any],
+    vision: dict[str, Any],
+    image_processor: dict[str, Any],
+    corpus: list[str] | None = None,
+    vocab_size: int = 2000,
+    seed: int = 0,
+    config_extra: dict[str, Any] | None = None,
+) -> Path:
+    """
+    A randomly initialised Qwen2-VL with a byte-level BPE tokenizer trained offline on ``corpus``, saved to ``path``
+    like a hub checkpoint (model, tokenizer with Qwen's chat template, PIL image processor).
+
+    :param text: the language model's config (vocabulary size and special token ids are filled in)
+    :param vision: the vision tower's config
+    :param image_processor: ``Qwen2VLImageProcessorPil`` arguments
+    :param config_extra: attributes set on the model config (saved in ``config.json``)
+    """
     from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=_tokenizer(SPECIALS_QWEN),
+        tokenizer_object=_tokenizer(SPECIALS_QWEN, corpus or CORPUS, vocab_size),
         pad_token="<|endoftext|>",
         eos_token="<|im_end|>",
         padding_side="left",
@@ -122,15 +148,38 @@ def build_tiny_qwen2vl(path: Path) -> Path:
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=len(fast),
-            **TINY_TEXT,
-            rope_theta=10000.0,
-            tie_word_embeddings=True,
-            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            **text,
             bos_token_id=None,
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=0,
         ),
-        vision_config=dict(
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    for key, value in (config_extra or {}).items():
+        setattr(config, key, value)
+    th.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    fast.chat_template = QWEN_CHAT_TEMPLATE
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    Qwen2VLImageProcessorPil(**image_processor).save_pretrained(path)
+    return path
+
+
+def build_tiny_qwen2vl(path: Path) -> Path:
+    return build_qwen2vl(
+        path,
+        text=dict(
+            **TINY_TEXT,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+        ),
+        vision=dict(
             depth=1,
             embed_dim=16,
             hidden_size=32,
@@ -141,23 +190,7 @@ def build_tiny_qwen2vl(path: Path) -> Path:
             temporal_patch_size=2,
             in_channels=3,
         ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        image_processor=dict(
+            min_pixels=28 * 28, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2
+        ),
     )
-    th.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration(config)
-    fast.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}{{ '\\n' }}{% if m['content'] is string %}{{ m['content'] }}"
-        "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>{{ '\\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant{{ '\\n' }}{% endif %}"
-    )
-    image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=28 * 28, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2
-    )
-    model.save_pretrained(path)
-    fast.save_pretrained(path)
-    image_processor.save_pretrained(path)
-    return path
