@@ -57,7 +57,8 @@ def probe_views(env_id: str, episodes: int = 20, seed: int = 20_000) -> list[Adv
     return views
 
 
-def _top_action(advice: Advice) -> int | None:
+def top_action(advice: Advice) -> int | None:
+    """The advice's most likely discrete action, None for invalid advice."""
     if not advice.valid:
         return None
     if advice.probs is not None:
@@ -73,7 +74,7 @@ def advice_accuracy(advisor: Advisor, views: list[AdviceRequest]) -> float:
     for expert, advice in zip(oracle_answers, answers, strict=True):
         if expert.probs is None:
             continue
-        top = _top_action(advice)
+        top = top_action(advice)
         right.append(top is not None and expert.probs[top] > 0)
     return float(np.mean(right)) if right else float("nan")
 

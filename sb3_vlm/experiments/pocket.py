@@ -126,12 +126,13 @@ def probe_views(per_env: int = 200, seed: int = 12345) -> list[View]:
 
 def accuracy(advisor: Any, views: list[View], batch: int = 64) -> dict[str, float]:
     """Share of views where the advisor's most likely action starts a shortest plan (overall, per heading class)."""
+    from sb3_vlm.experiments.covr import top_action
+
     right = []
     for start in range(0, len(views), batch):
         chunk = views[start : start + batch]
         for view, advice in zip(chunk, advisor.advise([v.request for v in chunk]), strict=True):
-            values = advice.probs if advice.probs is not None else advice.action
-            chosen = int(np.argmax(values)) if advice.probs is not None else int(np.asarray(values).reshape(-1)[0])
+            chosen = top_action(advice)  # None (invalid advice) counts as wrong
             right.append((chosen in view.optimal, view.heading in CONFUSED_HEADINGS))
     overall = float(np.mean([r for r, _ in right])) if right else math.nan
     confused = [r for r, c in right if c]
@@ -209,29 +210,11 @@ def build_architecture(path: Path, seed: int = 0) -> Path:
 
 
 def _encode(advisor: Any, views: list[View]) -> dict[str, th.Tensor]:
-    """Prompt + taught answer per view, right-padded; labels only on the answer (after the advisor's prefix)."""
-    tokenizer = advisor.tokenizer
-    prompts, fulls, images = [], [], []
-    for view in views:
-        prompt, image = advisor.chat_prompt(view.request)
-        images.append(image)
-        prompts.append(prompt)
-        fulls.append(prompt + advisor.answer_prefix + answer_text(taught_action(view)) + tokenizer.eos_token)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
-        prompt_lengths = advisor.processor(images=images, text=prompts, return_tensors="pt", padding=True)[
-            "attention_mask"
-        ].sum(dim=1)
-        full = advisor.processor(images=images, text=fulls, return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = side
-    labels = full["input_ids"].clone()
-    for i, n in enumerate(prompt_lengths.tolist()):
-        labels[i, :n] = -100
-    labels[full["attention_mask"] == 0] = -100
-    out = {k: v for k, v in dict(full).items() if isinstance(v, th.Tensor)}
-    out["labels"] = labels
+    """Prompt + taught answer per view (labels on the answer only), and the taught choice for stage 1."""
+    from sb3_vlm.finetune.lora import encode_answers
+
+    answers = [answer_text(taught_action(v)) for v in views]
+    out = encode_answers(advisor, [v.request for v in views], answers)
     out["choice"] = th.tensor([taught_action(v) for v in views])
     return out
 

@@ -70,19 +70,18 @@ class LoraSettings:
         return cls(**{**settings, **overrides})
 
 
-def _encode(advisor: Any, examples: list[Example]) -> dict[str, th.Tensor]:
+def encode_answers(advisor: Any, requests: list[Any], answers: list[str]) -> dict[str, th.Tensor]:
     """
-    Prompt + answer for each example, right-padded, labels -100 everywhere but the answer tokens (COVR eq. 6 counts
-    answer tokens only). The answer is the executed action in the prompt's answer format, after the advisor's
-    ``answer_prefix`` so the tokens taught are the ones its label scoring reads.
+    Prompt + answer for each request, right-padded, labels -100 everywhere but the answer tokens. Each answer
+    follows the advisor's ``answer_prefix`` (so the tokens taught are the ones its label scoring reads) and ends with
+    the tokenizer's end of sequence.
     """
     tokenizer = advisor.tokenizer
     rows, images = [], []
-    for ex in examples:
-        prompt, image = advisor.chat_prompt(ex.request)  # exactly what the advisor asks at inference
+    for request, answer in zip(requests, answers, strict=True):
+        prompt, image = advisor.chat_prompt(request)  # exactly what the advisor asks at inference
         if image is not None:
             images.append(image)
-        answer = advisor.prompt.format_answer(ex.action, ex.request.action_space)
         rows.append((prompt, advisor.answer_prefix + answer + (tokenizer.eos_token or "")))
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
@@ -103,6 +102,12 @@ def _encode(advisor: Any, examples: list[Example]) -> dict[str, th.Tensor]:
     out = {k: v for k, v in dict(full).items() if isinstance(v, th.Tensor)}
     out["labels"] = labels
     return out
+
+
+def _encode(advisor: Any, examples: list[Example]) -> dict[str, th.Tensor]:
+    """The examples' executed actions in the prompt's answer format (COVR eq. 6 counts answer tokens only)."""
+    answers = [advisor.prompt.format_answer(ex.action, ex.request.action_space) for ex in examples]
+    return encode_answers(advisor, [ex.request for ex in examples], answers)
 
 
 def lora_finetune(
