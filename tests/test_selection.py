@@ -209,3 +209,61 @@ def test_selector_specs() -> None:
     for bad in ("paced", "sometimes", "every:x", "uncertainty:2"):
         with pytest.raises(ValueError, match="query selector spec"):
             selector_from_spec(bad)
+
+
+@pytest.mark.parametrize("vectorised", [False, True])
+def test_views_the_cache_answers_are_advised_without_a_query_whatever_the_selector_says(vectorised: bool) -> None:
+    """A cached answer costs no query, so a query-saving selector only decides about the views the cache does not
+    know: with a budget of one query, the one view asked about is advised on every later visit, the other never."""
+    from sb3_vlm.advisors.cache import AdviceCache
+
+    def colour(request: AdviceRequest) -> int:
+        return int(request.image.reshape(-1)[0] > 0)  # type: ignore[union-attr]
+
+    advisor = CallableAdvisor(colour, name="colour")
+    paced = Paced(max_queries=1, total_steps=None)  # no clock: a plain cap of one selected view
+    if vectorised:
+        venv = VecVLMAdviceWrapper(DummyVecEnv([ColourEnv, ColourEnv]), advisor, cache=AdviceCache(), query=paced)
+        venv.seed(0)
+        obs = venv.reset()
+        seen = []
+        for _ in range(20):
+            colours = [int(o.reshape(-1)[0] > 0) for o in obs]
+            obs, _, _, infos = venv.step(np.zeros(2, dtype=np.int64))
+            seen += [(c, info["vlm_advice"]) for c, info in zip(colours, infos, strict=True)]
+        upcoming = venv.current_advice
+    else:
+        env = VLMAdviceWrapper(ColourEnv(), advisor, cache=AdviceCache(), query=paced)
+        obs, _ = env.reset(seed=0)
+        seen = []
+        for _ in range(40):
+            colour_now = int(obs.reshape(-1)[0] > 0)
+            obs, _, term, trunc, info = env.step(0)
+            seen.append((colour_now, info["vlm_advice"]))
+            if term or trunc:
+                obs, _ = env.reset()
+        upcoming = [env.current_advice]
+    assert advisor.stats.queries == 1 and paced.selected == 1
+    first = seen[0][0]
+    advised = [(c, a) for c, a in seen if a.valid]
+    assert {c for c, _ in advised} == {first}  # only the view that was asked about, ...
+    assert len(advised) == sum(c == first for c, _ in seen) >= 5  # ... on every visit (cache hits after the first)
+    assert all(int(np.asarray(a.action).reshape(-1)[0]) == first for _, a in advised)
+    assert all(a.source == "skipped" for c, a in seen if c != first)
+    # every advised visit but the first was a hit, and so are the advised views about to be acted on
+    assert advisor.stats.cache_hits == len(advised) - 1 + sum(a is not None and a.valid for a in upcoming)
+
+
+def test_every_k_stays_a_schedule_with_a_cache() -> None:
+    """ERPv's every-10th-frame: off-schedule steps carry no advice even where the cache knows the view."""
+    from sb3_vlm.advisors.cache import AdviceCache
+
+    advisor = CallableAdvisor(lambda r: 0, name="zero")
+    env = VLMAdviceWrapper(ColourEnv(length=8), advisor, cache=AdviceCache(), query=EveryK(2))
+    env.reset(seed=0)
+    valid = []
+    for _ in range(7):
+        _, _, term, trunc, info = env.step(0)
+        valid.append(info["vlm_advice"].valid)
+    assert valid == [True, False, True, False, True, False, True]
+    assert advisor.stats.queries <= 2  # two colours; the scheduled repeats were cache hits

@@ -27,7 +27,7 @@ from sb3_vlm.advisors.base import (
     restore_counters,
 )
 from sb3_vlm.advisors.cache import AdviceCache, CachedAdvisor
-from sb3_vlm.wrappers.selection import EveryK, QueryBatch, QuerySelector, resolve_selector
+from sb3_vlm.wrappers.selection import EveryK, QueryBatch, QuerySelector, resolve_selector, select_with_known
 
 TeacherView = Callable[[gym.Env, Any], AdviceRequest]
 
@@ -62,6 +62,19 @@ def resolve_advisor(advisor: Advisor, query_every: int, cache: AdviceCache | str
     if not isinstance(advisor, Advisor):
         raise TypeError(f"advisor must be an sb3_vlm Advisor, got {type(advisor).__name__}")
     return advisor if cache is None else CachedAdvisor(advisor, cache)
+
+
+def known_answers(advisor: Advisor) -> Callable[[AdviceRequest], Advice | None] | None:
+    """The cache's answer for a view, without asking anyone (counted as a cache hit when there is one); None where
+    ``advisor`` has no cache in front."""
+    if not isinstance(advisor, CachedAdvisor):
+        return None
+    identity = advisor.identity
+
+    def known(request: AdviceRequest) -> Advice | None:
+        return advisor.lookup(request.cache_key(identity), request.action_space)
+
+    return known
 
 
 def background_for(
@@ -131,7 +144,85 @@ def fit_teacher_view(env: gym.Env, advisor: Advisor) -> None:
     prefer(size)
 
 
-class VLMAdviceWrapper(gym.Wrapper):
+class AdviceAsking:
+    """
+    What both advice wrappers share (one core for :class:`VLMAdviceWrapper` and
+    :class:`~sb3_vlm.wrappers.VecVLMAdviceWrapper`): the advisor behind its cache, the background queue, the query
+    selector and their counters, and one step from the observations due for advice to their answers (:meth:`_ask`).
+    The wrappers only differ in how they build teacher views and where they put the answers.
+    """
+
+    advisor: Advisor
+    base_advisor: Advisor
+    background: BackgroundAdvisor | None
+    query_every: int
+    query_selector: QuerySelector
+    n_batches: int
+
+    def _setup_advice(
+        self,
+        advisor: Advisor,
+        query_every: int,
+        cache: AdviceCache | str | os.PathLike[str] | None,
+        non_blocking: bool | None,
+        query: QuerySelector | None,
+        **bounds: Any,
+    ) -> None:
+        self.advisor = resolve_advisor(advisor, query_every, cache)
+        self.base_advisor = advisor
+        self.background = background_for(advisor, self.advisor, non_blocking, **bounds)
+        self.query_every = int(query_every)
+        self.query_selector = resolve_selector(query, self.query_every)
+        self.n_batches = 0  # advise() calls (or background submissions) made
+
+    @property
+    def n_skipped(self) -> int:
+        """Observations the query selector passed over."""
+        return self.query_selector.considered - self.query_selector.selected
+
+    @property
+    def non_blocking(self) -> bool:
+        return self.background is not None
+
+    @property
+    def advisor_stats(self) -> AdvisorStats:
+        return self.advisor.stats
+
+    def advice_counters(self) -> tuple[str, dict[str, float]]:
+        """This wrapper's advisor counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`."""
+        return advice_counters_with(self.advisor, self.background, self.query_selector)
+
+    def restore_advice_counters(self, counters: Mapping[str, float]) -> None:
+        """Go on counting from ``counters`` (what :meth:`advice_counters` gave, saved in a checkpoint)."""
+        restore_counters_with(self.advisor, self.background, counters, self.query_selector)
+
+    def _send(self, requests: list[AdviceRequest]) -> list[Advice]:
+        """Ask about ``requests`` now: inline, or through the background queue (pending answers)."""
+        self.n_batches += 1
+        if self.background is not None:
+            return self.background.submit(requests)
+        return self.advisor.advise(requests)
+
+    def _ask(self, batch: QueryBatch) -> tuple[list[Advice], list[AdviceRequest | None]]:
+        """The advice for each row of ``batch`` and the view it was asked about (None where no view was asked
+        about): the cache's answer where it has one and the selector saves queries, else asked where the selector
+        keeps the row, else invalid (``source="skipped"``)."""
+        keep, answered = select_with_known(self.query_selector, batch, known_answers(self.advisor))
+        advice = [answered.get(j) or Advice.invalid(source="skipped") for j in range(len(batch))]
+        requests: list[AdviceRequest | None] = [batch.view(j) if j in answered else None for j in range(len(batch))]
+        due = [j for j in range(len(batch)) if keep[j]]
+        if due:
+            asked = [batch.view(j) for j in due]
+            for j, request, answer in zip(due, asked, self._send(asked), strict=True):
+                advice[j], requests[j] = answer, request
+        return advice, requests
+
+    def _close_advice(self) -> None:
+        if self.background is not None:
+            self.background.close()
+
+
+class VLMAdviceWrapper(AdviceAsking, gym.Wrapper):
     """
     Ask an advisor about the observations the agent acts on and put the answer in ``info``.
 
@@ -189,14 +280,10 @@ class VLMAdviceWrapper(gym.Wrapper):
         # Not a RecordConstructorArgs wrapper on purpose: Gymnasium deep-copies recorded arguments whenever `env.spec`
         # is read, and an advisor may hold a multi-GB model or an API client. So the env spec cannot re-create it.
         super().__init__(env)
-        self.advisor: Advisor = resolve_advisor(advisor, query_every, cache)
-        self.base_advisor = advisor
-        self.background = background_for(
-            advisor, self.advisor, non_blocking, max_queued=max_queued, max_queued_bytes=max_queued_bytes,
+        self._setup_advice(
+            advisor, query_every, cache, non_blocking, query, max_queued=max_queued, max_queued_bytes=max_queued_bytes,
             max_wait=max_wait,
         )  # fmt: skip
-        self.query_every = int(query_every)
-        self.query_selector = resolve_selector(query, self.query_every)
         self.teacher_view = teacher_view or default_teacher_view
         fit_teacher_view(env, advisor)
         self.info_key = info_key
@@ -204,11 +291,6 @@ class VLMAdviceWrapper(gym.Wrapper):
         self._env_steps = 0
         self._current: Advice | None = None
         self._current_request: AdviceRequest | None = None
-
-    @property
-    def n_skipped(self) -> int:
-        """Observations the query selector passed over."""
-        return self.query_selector.considered - self.query_selector.selected
 
     @property
     def current_advice(self) -> Advice | None:
@@ -219,22 +301,6 @@ class VLMAdviceWrapper(gym.Wrapper):
         if final:
             self._current = answer
         return answer
-
-    @property
-    def non_blocking(self) -> bool:
-        return self.background is not None
-
-    @property
-    def advisor_stats(self) -> AdvisorStats:
-        return self.advisor.stats
-
-    def advice_counters(self) -> tuple[str, dict[str, float]]:
-        """This wrapper's advisor counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`."""
-        return advice_counters_with(self.advisor, self.background, self.query_selector)
-
-    def restore_advice_counters(self, counters: Mapping[str, float]) -> None:
-        """Go on counting from ``counters`` (what :meth:`advice_counters` gave, saved in a checkpoint)."""
-        restore_counters_with(self.advisor, self.background, counters, self.query_selector)
 
     def _view(self, obs: Any) -> AdviceRequest:
         if self.teacher_view is default_teacher_view:
@@ -254,11 +320,14 @@ class VLMAdviceWrapper(gym.Wrapper):
             request.action_space = self.env.action_space
         return request
 
-    def _selected(self, obs: Any) -> tuple[bool, AdviceRequest | None]:
-        """Whether the selector asks about ``obs``, and its view where one was built for the decision."""
+    def _advice_for(self, obs: Any) -> Advice:
+        self._current_request = None
         selector = self.query_selector
         if type(selector) is EveryK:  # the default: no batch to build on every step
-            return selector.due(self._episode_step), None
+            if not selector.due(self._episode_step):
+                return Advice.invalid(source="skipped")
+            self._current_request = self._view(obs)
+            return self._send([self._current_request])[0]
         views: list[AdviceRequest] = []
 
         def view(_: int) -> AdviceRequest:
@@ -267,19 +336,9 @@ class VLMAdviceWrapper(gym.Wrapper):
             return views[0]
 
         steps = np.array([self._episode_step])
-        batch = QueryBatch(np.zeros(1, dtype=np.int64), steps, [obs], view, self._env_steps)
-        return bool(selector(batch)[0]), views[0] if views else None
-
-    def _advice_for(self, obs: Any) -> Advice:
-        self._current_request = None
-        keep, request = self._selected(obs)
-        if not keep:
-            return Advice.invalid(source="skipped")
-        request = request if request is not None else self._view(obs)
-        self._current_request = request
-        if self.background is not None:
-            return self.background.submit([request])[0]
-        return self.advisor.advise([request])[0]
+        advice, requests = self._ask(QueryBatch(np.zeros(1, dtype=np.int64), steps, [obs], view, self._env_steps))
+        self._current_request = requests[0]
+        return advice[0]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
@@ -300,6 +359,5 @@ class VLMAdviceWrapper(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
     def close(self) -> None:
-        if self.background is not None:
-            self.background.close()
+        self._close_advice()
         super().close()

@@ -2,9 +2,16 @@
 Which views to ask the teacher about: query selection for the advice wrappers.
 
 Every advice wrapper asks a :class:`QuerySelector` which of the observations due for advice are worth a query; the
-others carry invalid advice (``source="skipped"``) and cost nothing, not even a cache lookup. The selector sees a
-:class:`QueryBatch`: the envs' indices, their episode steps, their observations and, built only where a selector
-asks for it, each one's teacher view (for MiniGrid a lazy request whose image is rendered only on a cache miss).
+others carry invalid advice (``source="skipped"``). The selector sees a :class:`QueryBatch`: the envs' indices,
+their episode steps, their observations and, built only where a selector asks for it, each one's teacher view (for
+MiniGrid a lazy request whose image is rendered only on a cache miss).
+
+**Known answers are free.** A selector that saves queries (:attr:`QuerySelector.free_hits`: all but
+:class:`EveryK`) is offered only the views whose answer is *not* in the wrapper's cache: a view the cache already
+answers gets that answer whatever the selector would say, since serving it costs no query. So the selector decides
+which *new* views reach the backend, a :class:`Paced` budget counts backend queries, and a view asked about once
+is advised on every later visit. :class:`EveryK` stays a schedule (ERPv asks every 10th frame, cached or not), and
+without a cache nothing is known in advance.
 
 - :class:`EveryK` (the default, ``query_every=k``): every k-th step of each episode (ERPv asks every 10 frames);
 - :class:`Novelty`: the first ``max_asks`` times a view's digest is seen (count-based; the digest defaults to the
@@ -33,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from sb3_vlm.advice import AdviceRequest
+from sb3_vlm.advice import Advice, AdviceRequest
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +72,8 @@ class QuerySelector(ABC):
 
     #: whether :meth:`select` needs the learner (:meth:`bind`)
     needs_learner: bool = False
+    #: whether views the cache already answers are served without asking the selector (see the module docstring)
+    free_hits: bool = True
 
     def __init__(self) -> None:
         self.selected = 0  # rows selected so far
@@ -100,10 +109,13 @@ class QuerySelector(ABC):
 
 class EveryK(QuerySelector):
     """
-    Every ``k``-th step of each episode, starting with its first observation.
+    Every ``k``-th step of each episode, starting with its first observation (a schedule: the steps between carry no
+    advice even where the cache knows it).
 
     :param k: a positive int (with 2.5, ``step % 2.5 == 0`` would silently ask on every 5th step)
     """
+
+    free_hits = False
 
     def __init__(self, k: int = 1):
         super().__init__()
@@ -338,6 +350,10 @@ class AllOf(QuerySelector):
     def needs_learner(self) -> bool:  # type: ignore[override]
         return any(s.needs_learner for s in self.selectors)
 
+    @property
+    def free_hits(self) -> bool:  # type: ignore[override]
+        return all(s.free_hits for s in self.selectors)
+
     def bind(self, learner: Any) -> None:
         for selector in self.selectors:
             selector.bind(learner)
@@ -363,6 +379,30 @@ class AllOf(QuerySelector):
 
     def __repr__(self) -> str:
         return f"AllOf({', '.join(map(repr, self.selectors))})"
+
+
+def select_with_known(
+    selector: QuerySelector, batch: QueryBatch, known: Callable[[AdviceRequest], Advice | None] | None
+) -> tuple[np.ndarray, dict[int, Advice]]:
+    """
+    The wrappers' one selection step: which rows of ``batch`` to ask about, and the answers of the rows ``known``
+    (the cache's lookup) already has (served without a query; only where ``selector.free_hits``).
+
+    :return: ``keep`` (rows to ask about) and ``{row: advice}`` for the rows answered already
+    """
+    answered: dict[int, Advice] = {}
+    if known is not None and selector.free_hits:
+        for j in range(len(batch)):
+            advice = known(batch.view(j))
+            if advice is not None:
+                answered[j] = advice
+    if not answered:
+        return selector(batch), answered
+    keep = np.zeros(len(batch), dtype=bool)
+    rows = np.array([j for j in range(len(batch)) if j not in answered], dtype=np.int64)
+    if rows.size:
+        keep[rows] = selector(_subset(batch, rows))
+    return keep, answered
 
 
 def resolve_selector(query: QuerySelector | None, query_every: int) -> QuerySelector:

@@ -14,16 +14,13 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 
 from sb3_vlm.advice import ADVICE_INFO_KEY, REQUEST_INFO_KEY, Advice, AdviceRequest
 from sb3_vlm.advisors.background import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WAIT
-from sb3_vlm.advisors.base import Advisor, AdvisorStats, preferred_view_size
+from sb3_vlm.advisors.base import Advisor, preferred_view_size
 from sb3_vlm.advisors.cache import AdviceCache
 from sb3_vlm.wrappers.advice import (
-    advice_counters_with,
-    background_for,
-    resolve_advisor,
-    restore_counters_with,
+    AdviceAsking,
     settle_current,
 )
-from sb3_vlm.wrappers.selection import QueryBatch, QuerySelector, resolve_selector
+from sb3_vlm.wrappers.selection import QueryBatch, QuerySelector
 
 VecTeacherView = Callable[[VecEnv, int, Any], AdviceRequest]
 
@@ -42,7 +39,7 @@ def default_vec_teacher_view(venv: VecEnv, index: int, obs: Any) -> AdviceReques
     )
 
 
-class VecVLMAdviceWrapper(VecEnvWrapper):
+class VecVLMAdviceWrapper(AdviceAsking, VecEnvWrapper):
     """
     :class:`~sb3_vlm.wrappers.VLMAdviceWrapper` for a whole VecEnv: after each ``step`` (and at ``reset``), the envs
     that need advice are asked about in one batch, so an API advisor sends them concurrently and a local VLM runs
@@ -85,13 +82,10 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         query: QuerySelector | None = None,
     ):
         super().__init__(venv)
-        self.advisor: Advisor = resolve_advisor(advisor, query_every, cache)
-        self.background = background_for(
-            advisor, self.advisor, non_blocking, max_queued=max_queued, max_queued_bytes=max_queued_bytes,
+        self._setup_advice(
+            advisor, query_every, cache, non_blocking, query, max_queued=max_queued, max_queued_bytes=max_queued_bytes,
             max_wait=max_wait,
         )  # fmt: skip
-        self.query_every = int(query_every)
-        self.query_selector = resolve_selector(query, self.query_every)
         self.teacher_view = teacher_view or default_vec_teacher_view
         size = preferred_view_size(advisor)
         if size is not None and venv.has_attr("prefer_view_size"):  # see wrappers.advice.fit_teacher_view
@@ -100,13 +94,7 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         self.episode_steps = np.zeros(self.num_envs, dtype=np.int64)
         self.current: list[Advice] = [Advice.invalid(source="not-reset") for _ in range(self.num_envs)]
         self.current_requests: list[AdviceRequest | None] = [None] * self.num_envs
-        self.n_batches = 0
         self._env_steps = 0
-
-    @property
-    def n_skipped(self) -> int:
-        """Observations the query selector passed over."""
-        return self.query_selector.considered - self.query_selector.selected
 
     @property
     def current_advice(self) -> list[Advice]:
@@ -120,18 +108,6 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
                 self.current[i] = answer
             out.append(answer if answer is not None else Advice.invalid(source="not-reset"))
         return out
-
-    @property
-    def advisor_stats(self) -> AdvisorStats:
-        return self.advisor.stats
-
-    def advice_counters(self) -> tuple[str, dict[str, float]]:
-        """This wrapper's advisor counters for :class:`~sb3_vlm.callbacks.AdviceMetricsCallback`."""
-        return advice_counters_with(self.advisor, self.background, self.query_selector)
-
-    def restore_advice_counters(self, counters: Mapping[str, float]) -> None:
-        """Go on counting from ``counters`` (what :meth:`advice_counters` gave, saved in a checkpoint)."""
-        restore_counters_with(self.advisor, self.background, counters, self.query_selector)
 
     def _view(self, obs_i: Any, i: int) -> AdviceRequest:
         request = self.teacher_view(self.venv, i, obs_i)
@@ -152,24 +128,9 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         batch = QueryBatch(
             np.asarray(indices, dtype=np.int64), self.episode_steps[indices], rows, view, self._env_steps
         )
-        keep = self.query_selector(batch)
-        due = [i for i, k in zip(indices, keep, strict=True) if k]
+        advice, requests = self._ask(batch)
         for j, i in enumerate(indices):
-            self.current_requests[i] = None
-            if not keep[j]:
-                self.current[i] = Advice.invalid(source="skipped")
-        if not due:
-            return
-        requests = []
-        for j, i in enumerate(indices):
-            if keep[j]:
-                request = view(j)
-                self.current_requests[i] = request
-                requests.append(request)
-        self.n_batches += 1
-        answers = self.advisor.advise(requests) if self.background is None else self.background.submit(requests)
-        for i, advice in zip(due, answers, strict=True):
-            self.current[i] = advice
+            self.current[i], self.current_requests[i] = advice[j], requests[j]
 
     def reset(self) -> VecEnvObs:
         obs = self.venv.reset()
@@ -190,8 +151,7 @@ class VecVLMAdviceWrapper(VecEnvWrapper):
         return obs, rewards, dones, infos
 
     def close(self) -> None:
-        if self.background is not None:
-            self.background.close()
+        self._close_advice()
         super().close()
 
 
