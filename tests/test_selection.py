@@ -19,6 +19,7 @@ from sb3_vlm.sac import GuidedSAC
 from sb3_vlm.wrappers import (
     AllOf,
     EveryK,
+    Familiar,
     Novelty,
     Paced,
     QueryBatch,
@@ -263,7 +264,31 @@ def test_every_k_stays_a_schedule_with_a_cache() -> None:
     env.reset(seed=0)
     valid = []
     for _ in range(7):
-        _, _, term, trunc, info = env.step(0)
+        info = env.step(0)[4]
         valid.append(info["vlm_advice"].valid)
     assert valid == [True, False, True, False, True, False, True]
     assert advisor.stats.queries <= 2  # two colours; the scheduled repeats were cache hits
+
+
+def test_familiar_asks_about_a_view_from_its_min_visits_th_visit_on() -> None:
+    views = [AdviceRequest(image=np.full((2, 2, 3), c, np.uint8)) for c in (0, 1, 0, 2, 0, 1, 1)]
+    familiar = Familiar(min_visits=2)
+    assert familiar(_batch([0] * 7, views)).tolist() == [False, False, True, False, True, True, True]
+    state = json.loads(json.dumps(familiar.state_dict()))
+    resumed = Familiar(min_visits=2)
+    resumed.load_state_dict(state)
+    assert resumed(_batch([0], views[3:4])).tolist() == [True]  # its one earlier visit was kept
+    with pytest.raises(ValueError):
+        Familiar(min_visits=0)
+
+
+def test_paced_shared_by_per_env_wrappers_keeps_the_learners_clock() -> None:
+    """A selector shared by the per-env wrappers of a DummyVecEnv sees each env's own step count in its batches;
+    bound to the learner, a Paced budget follows the run's clock instead (it spent an n_envs-th of it before)."""
+    paced = Paced(max_queries=100, burst=1)
+    venv = DummyVecEnv([lambda: VLMAdviceWrapper(CounterEnv(), _recording(), query=paced, teacher_view=counter_view)
+                        for _ in range(4)])  # fmt: skip
+    model = _ppo(venv)
+    model.learn(400)
+    assert paced.total_steps == 400
+    assert paced.selected == 100  # the whole budget by the run's end (it stopped at ~1 + 100 / 4 before)

@@ -12,7 +12,7 @@ from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.type_aliases import PyTorchObs
+from stable_baselines3.common.type_aliases import MaybeCallback, PyTorchObs
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -177,8 +177,17 @@ class GuidedOnPolicyMixin:
             coef *= fade_factor(self._current_progress_remaining, self.trust)
         return coef
 
-    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
-        out = super()._setup_learn(*args, **kwargs)  # type: ignore[misc]
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        out = super()._setup_learn(  # type: ignore[misc]
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
         bind_learner(getattr(self, "env", None), self)  # the advice wrappers' query selectors may ask the policy
         return out
 

@@ -15,10 +15,11 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import get_obs_shape, is_image_space
-from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.sac.policies import SACPolicy
 from torch.nn import functional as F
@@ -928,11 +929,17 @@ class GuidedSAC(SAC):
         # only the default TensorBoard run name differs from SAC's
         return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
 
-    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
-        reset = kwargs.get("reset_num_timesteps", args[2] if len(args) > 2 else True)
-        out = super()._setup_learn(*args, **kwargs)
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        out = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
         bind_learner(self.env, self)  # the advice wrappers' query selectors may ask the policy (sb3-vlm)
-        if reset and isinstance(self.advice_exploration, TeacherEpisodes) and self.env is not None:
+        if reset_num_timesteps and isinstance(self.advice_exploration, TeacherEpisodes) and self.env is not None:
             # the envs were reset: no episode carries over (the returns on record stay the evidence)
             self.advice_exploration.reset(self.env.num_envs)
         return out

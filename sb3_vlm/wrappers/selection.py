@@ -16,6 +16,7 @@ without a cache nothing is known in advance.
 - :class:`EveryK` (the default, ``query_every=k``): every k-th step of each episode (ERPv asks every 10 frames);
 - :class:`Novelty`: the first ``max_asks`` times a view's digest is seen (count-based; the digest defaults to the
   view's content, pass a coarser ``key`` to ask about fewer);
+- :class:`Familiar`: a view once it has been seen ``min_visits`` times (where the agent keeps coming back);
 - :class:`Uncertainty`: where the learner's policy is unsure, its normalised entropy (discrete actions) or its
   Gaussian's standard deviation (continuous) at least ``threshold``; needs the learner, bound by the guided
   algorithms when ``learn()`` starts (:func:`bind_learner`: no global state);
@@ -194,6 +195,45 @@ class Novelty(QuerySelector):
         return f"Novelty(max_asks={self.max_asks})"
 
 
+class Familiar(QuerySelector):
+    """
+    Ask about a view once it has been seen ``min_visits`` times (count-based, over the view's digest): a view the
+    agent keeps coming back to (a start state, a bottleneck) is worth a query, one it passes once is not. With a
+    cache (known answers are free) the view is then advised on every later visit.
+
+    :param min_visits: the visit on which a view is first asked about (1: every new view)
+    :param key: ``key(request) -> hashable`` digest of a view (default :func:`view_digest`)
+    """
+
+    def __init__(self, min_visits: int = 3, key: Callable[[AdviceRequest], Hashable] | None = None):
+        super().__init__()
+        if min_visits < 1:
+            raise ValueError(f"min_visits must be >= 1, got {min_visits}")
+        self.min_visits = int(min_visits)
+        self.key = key or view_digest
+        self.visits: dict[Hashable, int] = {}
+
+    def select(self, batch: QueryBatch) -> np.ndarray:
+        keep = np.zeros(len(batch), dtype=bool)
+        for j in range(len(batch)):
+            digest = self.key(batch.view(j))
+            seen = self.visits.get(digest, 0) + 1
+            self.visits[digest] = seen
+            keep[j] = seen >= self.min_visits
+        return keep
+
+    def state_dict(self) -> dict[str, Any]:
+        visits = {k: v for k, v in self.visits.items() if isinstance(k, str)}
+        return {**super().state_dict(), "visits": visits}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.visits.update(state.get("visits", {}))
+
+    def __repr__(self) -> str:
+        return f"Familiar(min_visits={self.min_visits})"
+
+
 def policy_uncertainty(policy: Any, observations: Sequence[Any]) -> np.ndarray:
     """
     How unsure ``policy`` is on each observation, in [0, 1]: the entropy of its action distribution over
@@ -307,9 +347,9 @@ class Paced(QuerySelector):
         return int(min(self.max_queries, math.floor(paced)))
 
     def select(self, batch: QueryBatch) -> np.ndarray:
-        steps = batch.num_timesteps
-        if steps is None and self._learner is not None:
-            steps = int(self._learner.num_timesteps)
+        # the learner's clock where bound: a selector shared by per-env wrappers sees each env's own count in the
+        # batch (1/n_envs of the run), which would spend only that share of the budget
+        steps = int(self._learner.num_timesteps) if self._learner is not None else batch.num_timesteps
         room = max(self.allowance(steps) - self.selected, 0)
         keep = np.zeros(len(batch), dtype=bool)
         keep[:room] = True
@@ -467,8 +507,8 @@ def _find_selector(env: Any) -> QuerySelector | None:
 
 #: what :func:`selector_from_spec` reads
 SELECTOR_SPEC_HELP = (
-    "'+'-joined parts, applied in order: every:K | novelty[:MAX_ASKS] | uncertainty[:THRESHOLD] | paced:MAX_QUERIES "
-    "(e.g. 'uncertainty:0.5+paced:500')"
+    "'+'-joined parts, applied in order: every:K | novelty[:MAX_ASKS] | familiar[:MIN_VISITS] | "
+    "uncertainty[:THRESHOLD] | paced:MAX_QUERIES (e.g. 'familiar:3+paced:500')"
 )
 
 
@@ -482,6 +522,8 @@ def selector_from_spec(spec: str) -> QuerySelector:
                 parts.append(EveryK(int(value or 1)))
             elif name == "novelty":
                 parts.append(Novelty(max_asks=int(value or 1)))
+            elif name == "familiar":
+                parts.append(Familiar(int(value or 3)))
             elif name == "uncertainty":
                 parts.append(Uncertainty(float(value or 0.5)))
             elif name == "paced" and value:
