@@ -123,3 +123,41 @@ def test_an_advisor_episode_the_advice_did_not_act_in_counts_for_neither() -> No
     assert explore.teacher_returns == [100.0]
     explore.step(np.zeros(3, dtype=bool), np.zeros(3))  # a different number of envs: a fresh start for them
     assert explore.n_envs == 3 and not explore.advisor_mask(3).any() and explore.teacher_returns == [100.0]
+
+
+def test_the_share_bounds_the_advisors_steps_as_well_as_its_episodes() -> None:
+    """A teacher that balances plays long episodes: with a share of episodes alone it took nearly every step."""
+    explore = TeacherEpisodes(share=0.5, window=3, seed=0)
+    who = []
+    for _ in range(300):
+        teacher = bool(explore.advisor_mask(1)[0])
+        who.append(teacher)
+        length = 50 if teacher else 5  # the teacher's episodes ten times as long, and returning more
+        for t in range(length):
+            explore.step(np.array([t == length - 1]), np.array([1.0 if teacher else 0.1]))
+    assert explore.teacher_pays
+    assert explore.step_share <= 0.5 + 50 / (explore.teacher_steps + explore.learner_steps)  # one episode over
+    assert explore.step_share > 0.4  # and the bound is what limits it, not the evidence
+    assert np.mean(who) < 0.15  # so far fewer than half of the episodes are the teacher's
+
+
+def test_diversity_is_read_on_the_learners_transitions_not_the_advisors() -> None:
+    """On the teacher's own trajectory a good teacher may advise nearly the same everywhere (a balanced pendulum):
+    the diversity check must not take it for a teacher that ignores the view."""
+    model = GuidedSAC("MlpPolicy", VLMAdviceWrapper(make_pendulum_env(), ConstantAdvisor(0.0)), **SMALL)
+    buf = model.replay_buffer
+    rng = np.random.default_rng(0)
+    n = 200
+    buf.advice_valid[:n] = 1.0
+    buf.advice_actions[:n] = rng.uniform(-1, 1, size=(n, 1, 1))  # varied advice where the learner acted
+    buf.actions[:n] = rng.uniform(-1, 1, size=(n, 1, 1))
+    buf.pos = n
+    assert model.advice_diversity() > 0.8
+    buf.advice_actions[n : 2 * n] = 0.01  # then the teacher's own episode: one action, which is the one taken
+    buf.actions[n : 2 * n] = 0.01
+    buf.advice_valid[n : 2 * n] = 1.0
+    buf.pos = 2 * n
+    model.diversity_window = 150  # only the teacher's rows in the window: the last value on the learner's stands
+    assert model.advice_diversity() > 0.8
+    buf.actions[n : 2 * n] = rng.uniform(-1, 1, size=(n, 1, 1))  # had the learner acted there: no diversity
+    assert model.advice_diversity() < 0.05

@@ -110,7 +110,12 @@ class TeacherEpisodes(AdvisorTurns):
     any reward sign and scale. Each env's first episode is the learner's. Rows the advisor acted on are ordinary
     replay data; the learner's episodes include its uniform warm-up during ``learning_starts``.
 
-    :param share: the largest fraction of episodes the advisor acts (ε)
+    ``share`` also bounds the advisor's share of env *steps*: no teacher episode starts while the advisor has acted
+    more than ``share`` of the steps so far. Episodes differ in length with who acts (a teacher that balances an
+    inverted pendulum plays 1,000-step episodes, a learner that drops it 20-step ones), and a share of episodes alone
+    let the teacher take nearly all of a 10k-step budget there, leaving the learner too few steps of its own.
+
+    :param share: the largest fraction of episodes, and of env steps, the advisor acts (ε)
     :param window: how many of the latest episodes of each kind are compared
     :param seed: seed of the per-episode draws (their own stream: the policy's random numbers stay SAC's)
     """
@@ -127,6 +132,8 @@ class TeacherEpisodes(AdvisorTurns):
         self.advised_steps = np.zeros(0, dtype=np.int64)
         self.teacher_returns: list[float] = []
         self.learner_returns: list[float] = []
+        self.teacher_steps = 0  # env steps of the advisor's episodes so far
+        self.learner_steps = 0
 
     @property
     def teacher_pays(self) -> bool:
@@ -140,9 +147,15 @@ class TeacherEpisodes(AdvisorTurns):
         """The probability that a new episode is the advisor's."""
         return self.share if self.teacher_pays else 0.0
 
+    @property
+    def step_share(self) -> float:
+        """The share of env steps so far that were the advisor's episodes'."""
+        total = self.teacher_steps + self.learner_steps
+        return self.teacher_steps / total if total else 0.0
+
     def _draw(self, n: int, allowed: bool) -> np.ndarray:
         draws = self.rng.random(n)  # drawn whatever the outcome: the stream does not depend on the evidence
-        return (draws < self.current_share) & allowed
+        return (draws < self.current_share) & allowed & (self.step_share <= self.share)
 
     def reset(self, n_envs: int) -> None:
         """Start (or the envs were reset): every env's next episode is the learner's (its return is the first
@@ -174,6 +187,9 @@ class TeacherEpisodes(AdvisorTurns):
         if rewards is not None:
             self.episode_return += np.asarray(rewards, dtype=np.float64).reshape(self.n_envs)
         self.episode_steps += 1
+        teacher = int(self.advisor_turn.sum())
+        self.teacher_steps += teacher
+        self.learner_steps += self.n_envs - teacher
         self.advised_steps += self.advisor_turn if advised is None else np.asarray(advised, dtype=bool)
         for i in np.flatnonzero(dones):
             if not self.advisor_turn[i]:

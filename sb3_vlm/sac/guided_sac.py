@@ -575,8 +575,16 @@ class GuidedSAC(SAC):
 
     def advice_diversity(self) -> float:
         """
-        :func:`~sb3_vlm.guidance.trust.advice_diversity` of the latest ``diversity_window`` advised transitions in the
-        replay buffer (advice in [-1, 1] units, so 5 % of the range is 0.1); 1.0 while fewer than two are advised.
+        :func:`~sb3_vlm.guidance.trust.advice_diversity` of the advised transitions among the latest
+        ``diversity_window`` of the replay buffer that the learner acted in (advice in [-1, 1] units, so 5 % of the
+        range is 0.1); 1.0 while fewer than two are known.
+
+        Transitions the advisor acted in (teacher episodes, warm-up on advice: their stored action *is* the advice)
+        are left out: they follow the teacher's own trajectory, where a good teacher may say nearly the same thing
+        everywhere (one that balances an inverted pendulum asks for ~0 on 99 % of its steps), so they cannot tell
+        it from a teacher that ignores the view. Where the latest transitions hold fewer than two of the learner's,
+        the last value measured on the learner's stands (before there is one: all advised transitions count, as
+        during a warm-up on advice).
         """
         buf = self.replay_buffer
         if buf is None:
@@ -584,11 +592,19 @@ class GuidedSAC(SAC):
         rows = max(self.diversity_window // buf.n_envs, 1)
         pos = buf.pos
         index = np.arange(pos - rows, pos) % buf.buffer_size if buf.full else np.arange(max(pos - rows, 0), pos)
-        valid = buf.advice_valid[index].reshape(-1) > 0
-        if not valid.any():
+        if index.size == 0:
             return 1.0
-        advice = buf.advice_actions[index].reshape(valid.size, -1)[valid]
-        return advice_diversity(advice, discrete=False, scale=2.0)
+        advice = buf.advice_actions[index].reshape(index.size * buf.n_envs, -1)
+        valid = buf.advice_valid[index].reshape(-1) > 0
+        advisor_acted = np.all(np.abs(buf.actions[index].reshape(advice.shape) - advice) <= 1e-5, axis=1)
+        learner = valid & ~advisor_acted
+        if learner.sum() >= 2:
+            self._last_diversity: float | None = advice_diversity(advice[learner], discrete=False, scale=2.0)
+            return self._last_diversity
+        last = getattr(self, "_last_diversity", None)
+        if last is not None:
+            return last
+        return advice_diversity(advice[valid], discrete=False, scale=2.0) if valid.sum() >= 2 else 1.0
 
     @property
     def current_guidance_coef(self) -> float:
