@@ -94,6 +94,8 @@ def test_novelty_asks_about_each_digest_max_asks_times_and_a_coarser_key_asks_le
 def test_paced_never_runs_ahead_of_its_even_schedule_nor_past_its_budget() -> None:
     paced = Paced(max_queries=100, total_steps=1000, burst=5)
     assert [paced.allowance(t) for t in (0, 500, 999, 5000)] == [5, 55, 100, 100]
+    first_half = Paced(max_queries=100, total_steps=1000, burst=5, horizon=0.5)  # the budget over the first half
+    assert [first_half.allowance(t) for t in (0, 250, 499, 500, 900)] == [5, 55, 100, 100, 100]
     assert paced(_batch([0] * 8, t=0)).tolist() == [True] * 5 + [False] * 3  # the burst, earliest rows first
     assert paced(_batch([0] * 8, t=10)).tolist() == [True] + [False] * 7  # 5 + 100 * 10 / 1000 = 6: one more
     advisor = _recording()
@@ -207,7 +209,10 @@ def test_selector_specs() -> None:
     assert isinstance(both, AllOf) and both.needs_learner
     assert both.selectors[0].threshold == 0.3 and both.selectors[1].max_queries == 50
     assert selector_from_spec("novelty:2").max_asks == 2
-    for bad in ("paced", "sometimes", "every:x", "uncertainty:2"):
+    assert selector_from_spec("familiar:4").min_visits == 4
+    front = selector_from_spec("paced:100:0.5")
+    assert (front.max_queries, front.horizon) == (100, 0.5)
+    for bad in ("paced", "sometimes", "every:x", "uncertainty:2", "paced:100:1.5", "paced:100:0"):
         with pytest.raises(ValueError, match="query selector spec"):
             selector_from_spec(bad)
 

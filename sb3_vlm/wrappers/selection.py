@@ -322,15 +322,21 @@ class Paced(QuerySelector):
     :param max_queries: the budget
     :param total_steps: the run's length in env steps; None: the learner's ``learn()`` total (bound when it starts)
     :param burst: views that may be selected ahead of the even pace (the first episodes' views)
+    :param horizon: the share of the run the budget is spread over (1: all of it; 0.5: the first half, where
+        GuidedPPO / GuidedA2C still weight the teacher before their fade hands the run back to the rewards)
     """
 
     needs_learner = False
 
-    def __init__(self, max_queries: int, total_steps: int | None = None, burst: int | None = None):
+    def __init__(
+        self, max_queries: int, total_steps: int | None = None, burst: int | None = None, horizon: float = 1.0
+    ):
         super().__init__()
         if max_queries < 0 or (total_steps is not None and total_steps < 1):
             raise ValueError(f"max_queries must be >= 0 and total_steps >= 1, got {max_queries}, {total_steps}")
-        self.max_queries, self.total_steps = int(max_queries), total_steps
+        if not 0.0 < horizon <= 1.0:
+            raise ValueError(f"horizon must be in (0, 1], got {horizon}")
+        self.max_queries, self.total_steps, self.horizon = int(max_queries), total_steps, float(horizon)
         self.burst = max(1, self.max_queries // 20) if burst is None else int(burst)
         self._learner: Any = None
 
@@ -343,7 +349,7 @@ class Paced(QuerySelector):
         """How many views may have been selected by ``num_timesteps`` (the whole budget without a clock)."""
         if num_timesteps is None or self.total_steps is None:
             return self.max_queries
-        paced = self.burst + self.max_queries * min(num_timesteps / self.total_steps, 1.0)
+        paced = self.burst + self.max_queries * min(num_timesteps / (self.horizon * self.total_steps), 1.0)
         return int(min(self.max_queries, math.floor(paced)))
 
     def select(self, batch: QueryBatch) -> np.ndarray:
@@ -359,7 +365,7 @@ class Paced(QuerySelector):
         return {**self.__dict__, "_learner": None}
 
     def __repr__(self) -> str:
-        return f"Paced({self.max_queries}, total_steps={self.total_steps})"
+        return f"Paced({self.max_queries}, total_steps={self.total_steps}, horizon={self.horizon})"
 
 
 def _subset(batch: QueryBatch, rows: np.ndarray) -> QueryBatch:
@@ -508,7 +514,7 @@ def _find_selector(env: Any) -> QuerySelector | None:
 #: what :func:`selector_from_spec` reads
 SELECTOR_SPEC_HELP = (
     "'+'-joined parts, applied in order: every:K | novelty[:MAX_ASKS] | familiar[:MIN_VISITS] | "
-    "uncertainty[:THRESHOLD] | paced:MAX_QUERIES (e.g. 'familiar:3+paced:500')"
+    "uncertainty[:THRESHOLD] | paced:MAX_QUERIES[:HORIZON] (e.g. 'familiar:3+paced:500:0.5')"
 )
 
 
@@ -527,7 +533,8 @@ def selector_from_spec(spec: str) -> QuerySelector:
             elif name == "uncertainty":
                 parts.append(Uncertainty(float(value or 0.5)))
             elif name == "paced" and value:
-                parts.append(Paced(int(value)))
+                budget, _, horizon = value.partition(":")
+                parts.append(Paced(int(budget), horizon=float(horizon or 1.0)))
             else:
                 raise ValueError
         except ValueError:
