@@ -15,6 +15,7 @@ Usage::
     python benchmarks/query_budget.py                      # the sweep (hours on 2 cores; resumable)
     python benchmarks/query_budget.py --quick              # CI smoke
     python benchmarks/query_budget.py --envs LavaGapS7 --policies every uncertainty:0.5 --seeds 0 1 2
+    python benchmarks/query_budget.py --report-only --readme   # rebuild summary.json, the PNG and the README table
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from sb3_vlm.experiments.runner import run_jobs
+from sb3_vlm.experiments.runner import run_jobs, write_readme_block
 from sb3_vlm.experiments.suite import UNGUIDED, censored_steps, env_spec, job_key, run_one, threshold_for
 from sb3_vlm.wrappers.selection import selector_from_spec
 
@@ -112,6 +113,24 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return records
 
 
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    """The README's table: one row per (env, policy), means over seeds."""
+    lines = [
+        "| env | policy | seeds | queries | × fewer than `every` | steps to threshold | speed-up over unguided "
+        "| speed-up kept | final return |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        censored = sum(r["censored"])
+        steps = f"{np.mean(r['steps_to_threshold']):,.0f}" + (f" ({censored} censored)" if censored else "")
+        lines.append(
+            f"| {r['env']} | `{r['policy']}` | {len(r['seeds'])} | {np.mean(r['queries']):,.0f} "
+            f"| {r.get('query_ratio', float('nan')):.1f} | {steps} | {r['speedup']:.2f} "
+            f"| {r.get('speedup_kept', float('nan')):.2f} | {np.mean(r['final_return']):.3g} |"
+        )
+    return "\n".join(lines)
+
+
 def _plot(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -145,6 +164,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CI smoke: tiny runs, one seed, LavaGap and Pendulum")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "query_budget")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     args = parser.parse_args()
     if args.quick:
         args.envs = [e for e in ("LavaGapS7", "Pendulum") if e in args.envs] or args.envs[:1]
@@ -158,6 +178,8 @@ def main() -> None:
     records = summarise(runs)
     (args.out / "summary.json").write_text(json.dumps(records, indent=1) + "\n")
     _plot(records, args.out / "query_budget.png")
+    if args.readme:
+        write_readme_block(ROOT / "README.md", "query-budget-table", markdown_table(records))
     for r in records:
         kept = f"{r.get('speedup_kept', float('nan')):.2f}"
         print(f"{r['env']:>14} {r['policy']:>28}: queries {np.mean(r['queries']):8.0f}, speed-up {r['speedup']:.2f}×,"

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from sb3_vlm.experiments.plotting import plot_panels
+from sb3_vlm.experiments.runner import write_readme_block
 from sb3_vlm.experiments.suite import ADVISORS, ENVS, UNGUIDED, markdown_table, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
-README_START, README_END = "<!-- suite-table:start -->", "<!-- suite-table:end -->"
 
 
 def _jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -74,15 +73,6 @@ def _plots(runs: list[dict[str, Any]], out: Path) -> None:
 ADVISORS_ORDER = {a: i for i, a in enumerate((UNGUIDED, *ADVISORS))}
 
 
-def _update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"README.md has no {README_START} ... {README_END} markers")
-    readme.write_text(pattern.sub(f"{README_START}\n{table}\n{README_END}", text))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
@@ -109,7 +99,7 @@ def main() -> None:
     (args.out / "table.md").write_text(table + "\n")
     print(table)
     if args.readme:
-        _update_readme(table)
+        write_readme_block(ROOT / "README.md", "suite-table", table)
 
 
 if __name__ == "__main__":

@@ -239,3 +239,19 @@ def test_pixel_update_speed_quick_smoke(tmp_path: Path) -> None:
     assert all(s > 0 for s in result["seconds_per_update"].values())
     assert result["speedup_vs_sb3_cnn"]["sb3_cnn"] == 1.0
     assert result["parameters"]["drq_shift"] < result["parameters"]["sb3_cnn"]
+
+
+def test_readme_blocks_are_replaced_between_their_markers_and_missing_markers_fail(tmp_path: Path) -> None:
+    from sb3_vlm.experiments.runner import write_readme_block
+
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- t:start -->\nold \\1 table\n<!-- t:end -->\nafter\n<!-- u:start -->\nkeep\n<!-- u:end -->\n"
+    )
+    write_readme_block(readme, "t", "| new | \\1 |")  # backslashes in a table are text, not regex groups
+    assert (
+        readme.read_text()
+        == "intro\n<!-- t:start -->\n| new | \\1 |\n<!-- t:end -->\nafter\n<!-- u:start -->\nkeep\n<!-- u:end -->\n"
+    )
+    with pytest.raises(SystemExit, match="no <!-- v:start -->"):
+        write_readme_block(readme, "v", "x")

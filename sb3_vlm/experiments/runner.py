@@ -65,3 +65,16 @@ def steps_to_threshold(steps: list[int], means: list[float], threshold: float, h
         if all(m >= threshold for m in means[i : i + hold]):
             return s
     return None
+
+
+def write_readme_block(readme: Path, name: str, text: str) -> None:
+    """Replace what stands between ``<!-- {name}:start -->`` and ``<!-- {name}:end -->`` in ``readme`` by ``text``
+    (the benchmarks' generated tables); a README without the markers is an error, never silently left stale."""
+    import re
+
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    content = readme.read_text()
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(content):
+        raise SystemExit(f"{readme} has no {start} ... {end} markers")
+    readme.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", content))
