@@ -39,6 +39,7 @@ _NOT_RUN = {
     "env ──step──►": "a diagram, not code",
     "python benchmarks/suite.py --workers 2": "hours of benchmarks (`--quick`: tests/test_cli_and_benchmark.py)",
     "python benchmarks/paper_protocol.py": "GPU benchmarks (`--quick`: tests/test_cli_and_benchmark.py)",
+    "python benchmarks/query_budget.py --envs": "hours of benchmarks (`--quick`: tests/test_cli_and_benchmark.py)",
     'pip install -e ".[fleet]"': "needs an OpenAI key (the Redis path: tests/test_cache_redis.py)",
 }
 
