@@ -161,3 +161,17 @@ def test_diversity_is_read_on_the_learners_transitions_not_the_advisors() -> Non
     assert model.advice_diversity() > 0.8
     buf.actions[n : 2 * n] = rng.uniform(-1, 1, size=(n, 1, 1))  # had the learner acted there: no diversity
     assert model.advice_diversity() < 0.05
+
+
+def test_teacher_episodes_saved_before_the_step_counts_load_and_count_from_zero() -> None:
+    import pickle
+
+    explore = TeacherEpisodes(seed=0)
+    explore.reset(1)
+    old = explore.__dict__.copy()
+    del old["teacher_steps"], old["learner_steps"]
+    restored = TeacherEpisodes.__new__(TeacherEpisodes)
+    restored.__setstate__(old)
+    restored.step(np.array([False]), np.zeros(1))
+    assert (restored.teacher_steps, restored.learner_steps) == (0, 1)
+    assert pickle.loads(pickle.dumps(restored)).learner_steps == 1

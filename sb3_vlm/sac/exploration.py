@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -146,6 +147,12 @@ class TeacherEpisodes(AdvisorTurns):
     def current_share(self) -> float:
         """The probability that a new episode is the advisor's."""
         return self.share if self.teacher_pays else 0.0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a model saved before the step counts existed: they start from here
+        state.setdefault("teacher_steps", 0)
+        state.setdefault("learner_steps", 0)
+        self.__dict__.update(state)
 
     @property
     def step_share(self) -> float:
