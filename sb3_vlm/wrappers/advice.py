@@ -208,7 +208,7 @@ class AdviceAsking:
         about): the cache's answer where it has one and the selector saves queries, else asked where the selector
         keeps the row, else invalid (``source="skipped"``)."""
         keep, answered = select_with_known(self.query_selector, batch, known_answers(self.advisor))
-        advice = [answered.get(j) or Advice.invalid(source="skipped") for j in range(len(batch))]
+        advice = [answered[j] if j in answered else Advice.invalid(source="skipped") for j in range(len(batch))]
         requests: list[AdviceRequest | None] = [batch.view(j) if j in answered else None for j in range(len(batch))]
         due = [j for j in range(len(batch)) if keep[j]]
         if due:
